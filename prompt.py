@@ -1,0 +1,198 @@
+"""The prompt contract: the one place that says what the model reads and what it writes.
+
+Every script goes through this module: SFT builds its training sequences with `encode_example`,
+GRPO and eval build generation prompts with `prompt_ids`, reward.py and eval parse model text with
+`parse_output`, and convert.py embeds `CHAT_TEMPLATE`-compatible rendering in the GGUF and Modelfile.
+
+Decisions (and why):
+
+* The user turn is exactly ``/no_think Expand this search query: {query}`` - what QMD sends at run time.
+* The prompt is rendered by the model's own chat template with ``add_generation_prompt=True`` and
+  ``enable_thinking=False``. For Qwen3 that ends the prompt with an empty think block:
+  ``<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n``. **The empty think block belongs to the prompt.**
+  It is never a training target (its tokens are masked like the rest of the prompt), so the model
+  never learns to emit ``<think>``; at run time llama.cpp/Ollama render the same block from the GGUF's
+  template, so the tokens before the first ``lex:`` are identical in training and inference.
+* A training example is ``prompt_ids + completion_ids`` where the completion is the target text
+  followed by the template's end-of-turn token (``<|im_end|>``). Prompt and completion are tokenized
+  separately, so the prompt part of every training example is token-for-token the generation prompt
+  (tests/test_prompt.py checks this against the full chat-template rendering on the Qwen3 tokenizer).
+* Targets are rendered in a canonical order - lex, then vec, then hyde - whatever order the data file
+  lists them in. A fixed order is easier for a small model to learn, and with hyde last a truncated
+  generation still keeps its keyword and semantic lines.
+
+This module imports no MLX: reward.py and the data tools use the parser without loading a model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+USER_TEMPLATE = "/no_think Expand this search query: {query}"
+LINE_TYPES = ("lex", "vec", "hyde")
+_TYPE_RANK = {t: i for i, t in enumerate(LINE_TYPES)}
+
+# Used when a tokenizer has no chat template (a base model). Plain ChatML, no think block: the same
+# layout Qwen and SmolLM2 use, so the exported GGUF/Modelfile can render it too.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+# ----------------------------------------------------------------------------
+# Rendering
+
+
+def user_message(query: str) -> str:
+    return USER_TEMPLATE.format(query=query.strip())
+
+
+def messages(query: str, output_pairs=None) -> list[dict]:
+    msgs = [{"role": "user", "content": user_message(query)}]
+    if output_pairs is not None:
+        msgs.append({"role": "assistant", "content": render_target(output_pairs)})
+    return msgs
+
+
+def render_target(output_pairs) -> str:
+    """Training target text: one ``type: text`` line per pair, canonical order lex, vec, hyde."""
+    ordered = sorted(output_pairs, key=lambda p: _TYPE_RANK[p[0]])  # stable within a type
+    return "\n".join(f"{kind}: {text.strip()}" for kind, text in ordered)
+
+
+def _hf_tokenizer(tokenizer):
+    """mlx-lm wraps HF tokenizers in a TokenizerWrapper; the chat template lives on the inner one."""
+    return getattr(tokenizer, "_tokenizer", tokenizer)
+
+
+def _apply_template(tokenizer, msgs, add_generation_prompt: bool) -> str:
+    tok = _hf_tokenizer(tokenizer)
+    template = tok.chat_template or CHATML_TEMPLATE
+    return tok.apply_chat_template(
+        msgs,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=False,  # Qwen3: render the empty think block in the prompt (see docstring)
+    )
+
+
+def render_prompt(tokenizer, query: str) -> str:
+    """The generation prompt text (chat template applied, ready for the assistant's first token)."""
+    return _apply_template(tokenizer, messages(query), add_generation_prompt=True)
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text that closes an assistant turn in this tokenizer's template (``<|im_end|>`` for ChatML).
+
+    Found by rendering a conversation and reading what follows the assistant content, so it works for
+    any template rather than assuming ChatML.
+    """
+    marker = "\x00QMD-END-PROBE\x00"
+    probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    full = _apply_template(tokenizer, probe, add_generation_prompt=False)
+    tail = full[full.index(marker) + len(marker) :]
+    eos = _hf_tokenizer(tokenizer).eos_token
+    if eos and eos in tail:
+        return tail[: tail.index(eos) + len(eos)]
+    return tail.rstrip("\n") or (eos or "")
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # Special tokens in the text (<|im_start|> ...) are parsed as special tokens; no BOS is added
+    # because the chat template already wrote whatever the model expects at the start.
+    return list(_hf_tokenizer(tokenizer).encode(text, add_special_tokens=False))
+
+
+def prompt_ids(tokenizer, query: str) -> list[int]:
+    return _encode(tokenizer, render_prompt(tokenizer, query))
+
+
+def encode_example(tokenizer, query: str, output_pairs) -> tuple[list[int], int]:
+    """Token ids of one training example and the length of its prompt part.
+
+    Returns ``(ids, prompt_len)``: ``ids[:prompt_len]`` equals ``prompt_ids(tokenizer, query)`` and
+    the loss is taken on ``ids[prompt_len:]`` (the target lines and the end-of-turn token).
+    """
+    prompt = prompt_ids(tokenizer, query)
+    completion = _encode(tokenizer, render_target(output_pairs) + end_of_turn(tokenizer))
+    return prompt + completion, len(prompt)
+
+
+# ----------------------------------------------------------------------------
+# Parsing generated text
+
+# Chat-template control tokens: <|im_start|>, <|im_end|>, <|endoftext|>, <|fim_prefix|>, ...
+LEAKED_TOKEN_RE = re.compile(r"<\|[^<>|\s]{1,40}\|>")
+_THINK_BLOCK_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
+_LINE_RE = re.compile(r"(lex|vec|hyde):(.*)\Z", re.DOTALL)
+
+
+@dataclass
+class Parsed:
+    """Generated text split into valid ``(type, text)`` lines and everything else."""
+
+    lines: list = field(default_factory=list)  # [(type, text)] in output order, text stripped
+    invalid: list = field(default_factory=list)  # non-blank lines with no valid prefix
+    empty: list = field(default_factory=list)  # types of lines like "lex:" with no text
+    leaked: list = field(default_factory=list)  # chat-template tokens found in the text
+    think: bool = False  # the text contained a <think> block
+
+
+def parse_output(text: str) -> Parsed:
+    """Parse model output the way QMD does, keeping what was wrong for scoring.
+
+    A valid line is ``lex:``, ``vec:`` or ``hyde:`` (lower-case, at the start of the line after
+    surrounding whitespace) followed by text. A ``<think>...</think>`` block is removed and flagged.
+    Blank lines are ignored. Never raises.
+    """
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    p = Parsed()
+    if "<|" in text:
+        p.leaked = LEAKED_TOKEN_RE.findall(text)
+    if "think>" in text:
+        p.think = True
+        text = _THINK_BLOCK_RE.sub("", text)
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        m = _LINE_RE.match(line)
+        if m is None:
+            p.invalid.append(line)
+            continue
+        kind, body = m.group(1), m.group(2).strip()
+        if body:
+            p.lines.append((kind, body))
+        else:
+            p.empty.append(kind)
+    return p
+
+
+def format_lines(lines) -> str:
+    """Inverse of the parser for valid lines: ``[(type, text)]`` -> ``type: text`` lines."""
+    return "\n".join(f"{kind}: {text}" for kind, text in lines)
+
+
+# ----------------------------------------------------------------------------
+# What QMD keeps at run time
+
+_NON_TERM_RE = re.compile(r"[^a-z0-9\s]")
+
+
+def qmd_query_terms(query: str) -> tuple:
+    """QMD's query terms: lower-case, everything but a-z0-9/whitespace blanked, split on whitespace."""
+    return tuple(_NON_TERM_RE.sub(" ", query.lower()).split())
+
+
+def qmd_keeps(text: str, terms) -> bool:
+    """QMD drops an expansion line unless it contains one query term as a substring (no terms: keep)."""
+    if not terms:
+        return True
+    low = text.lower()
+    return any(t in low for t in terms)

@@ -1,0 +1,245 @@
+"""Shared plumbing for every script: fast BLAS on Linux, device and dtype, model loading, configs,
+atomic writes.
+
+Fast BLAS. `mlx[cpu]` on Linux ships a reference BLAS; MLX's float32 matmuls call `cblas_sgemm`, so
+preloading Debian's OpenBLAS makes them ~30x faster (NOTES.md: 7.5 -> 234 GFLOP/s on 2 cores). A
+library can only be preloaded before the process starts, so `ensure_fast_blas()` - called at the top
+of every entry point, before MLX is imported - re-executes the same command with LD_PRELOAD set.
+Set QMD_FAST_BLAS=0 to opt out (the benchmarks use it to measure the bundled BLAS). macOS uses
+Accelerate through Metal/MLX and nothing changes there.
+
+Only float32 goes through BLAS (bfloat16 matmul stays on MLX's own slow CPU kernels), so on the CPU
+the scripts compute in float32: `compute_dtype()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+)
+
+
+# ----------------------------------------------------------------------------
+# Fast BLAS
+
+
+def find_openblas() -> str | None:
+    override = os.environ.get("QMD_OPENBLAS")
+    if override:
+        return override if Path(override).exists() else None
+    return next((p for p in OPENBLAS_CANDIDATES if Path(p).exists()), None)
+
+
+def ensure_fast_blas() -> None:
+    """On Linux, re-execute this process with OpenBLAS preloaded, once, before MLX is imported."""
+    if not sys.platform.startswith("linux") or os.environ.get("QMD_FAST_BLAS", "1") == "0":
+        return
+    lib = find_openblas()
+    preload = os.environ.get("LD_PRELOAD", "")
+    if lib is None:
+        if not os.environ.get("QMD_BLAS_WARNED"):
+            os.environ["QMD_BLAS_WARNED"] = "1"
+            print(
+                "warning: OpenBLAS not found; MLX will use its bundled reference BLAS (~30x slower on CPU).\n"
+                "         Install it with: sudo apt-get install libopenblas0-pthread  (make setup does this)",
+                file=sys.stderr,
+            )
+        return
+    if lib in preload.split(":") or lib in preload.split():
+        return
+    if "mlx" in sys.modules or "mlx.core" in sys.modules:
+        print("warning: MLX was imported before ensure_fast_blas(); running without OpenBLAS", file=sys.stderr)
+        return
+    # The new process sees `lib` in LD_PRELOAD and returns above, so this cannot loop.
+    os.environ["LD_PRELOAD"] = f"{lib}:{preload}" if preload else lib
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # sys.orig_argv is the exact command line (python -m ..., a script, a console entry point)
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def blas_in_use() -> str:
+    """Which BLAS this process runs MLX matmuls on."""
+    if sys.platform == "darwin":
+        return "Accelerate (macOS)"
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    for line in maps.splitlines():
+        if "libopenblas" in line:
+            return "OpenBLAS " + line.split()[-1]
+    return "bundled reference BLAS (mlx[cpu]) - slow; install libopenblas0-pthread"
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
+    """Measured n x n matmul throughput on MLX's default device (median of `repeats`)."""
+    import mlx.core as mx
+
+    dt = getattr(mx, dtype)
+    a = mx.random.normal((n, n)).astype(dt)
+    b = mx.random.normal((n, n)).astype(dt)
+    mx.eval(a @ b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        mx.eval(a @ b)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2] / 1e9
+
+
+def device_name() -> str:
+    import mlx.core as mx
+
+    dev = mx.default_device()
+    if dev.type == mx.gpu:
+        backend = "Metal" if sys.platform == "darwin" else "CUDA"
+        return f"gpu ({backend})"
+    return "cpu"
+
+
+def on_cpu() -> bool:
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.cpu
+
+
+def compute_dtype():
+    """float32 on CPU (only float32 reaches BLAS), bfloat16 on GPUs."""
+    import mlx.core as mx
+
+    return mx.float32 if on_cpu() else mx.bfloat16
+
+
+def doctor_report(quick: bool = False) -> dict:
+    """Facts about this machine's MLX set-up, for `train.py doctor` and bug reports."""
+    import mlx.core as mx
+
+    report = {
+        "mlx": mx.__version__,
+        "device": device_name(),
+        "platform": sys.platform,
+        "blas": blas_in_use(),
+        "compute_dtype": str(compute_dtype()).replace("mlx.core.", ""),
+        "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
+    }
+    n = 512 if quick else 1024
+    report["matmul_gflops_float32"] = round(matmul_gflops(n, dtype="float32"), 1)
+    if not quick:
+        report["matmul_gflops_bfloat16"] = round(matmul_gflops(n, repeats=3, dtype="bfloat16"), 1)
+    return report
+
+
+# ----------------------------------------------------------------------------
+# Files
+
+
+def atomic_write(path, data) -> None:
+    """Write text or bytes to `path` via a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------
+# Configs: YAML in configs/, CLI flags override, unknown keys are errors
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path, defaults: dict, overrides: dict | None = None) -> dict:
+    """Merge `defaults` <- YAML file at `path` (optional) <- `overrides` (CLI flags that were given).
+
+    Every key must be one of `defaults`; a typo is an error naming the file and the closest key.
+    """
+    import yaml
+
+    cfg = dict(defaults)
+    sources = []
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+        sources.append((str(path), loaded))
+    sources.append(("command line", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    for where, values in sources:
+        for key, value in values.items():
+            if key not in defaults:
+                close = difflib.get_close_matches(key, defaults, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(defaults))})"
+                raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
+            cfg[key] = value
+    return cfg
+
+
+def save_config(out_dir, cfg: dict, name: str = "config.yaml") -> Path:
+    import yaml
+
+    path = Path(out_dir) / name
+    atomic_write(path, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return path
+
+
+# ----------------------------------------------------------------------------
+# Models
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def load_model(model: str, adapter_path=None):
+    """Load (model, tokenizer) from a local MLX/HF folder or a Hub id, optionally with a LoRA adapter.
+
+    On CPU the floating-point weights are cast to float32 so matmuls reach BLAS.
+    """
+    from mlx_lm.utils import load
+
+    local = Path(model).expanduser()
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise ModelError(
+            f"model '{model}' is neither a local folder nor a Hugging Face id (owner/name). "
+            "Pass a folder with config.json and *.safetensors, or an id like Qwen/Qwen3-1.7B."
+        )
+    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():
+        raise ModelError(f"{adapter_path}: no adapter_config.json here - is this an adapter folder from train.py?")
+    model_obj, tokenizer = load(str(local) if local.exists() else model, adapter_path=adapter_path)
+    if on_cpu():
+        import mlx.core as mx
+
+        model_obj.set_dtype(mx.float32)
+    return model_obj, tokenizer

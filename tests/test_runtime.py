@@ -1,0 +1,111 @@
+"""Fast BLAS on Linux, configs, atomic writes, model loading."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import runtime
+from runtime import ConfigError, load_config
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS preload is Linux-only")
+
+
+@linux_only
+def test_script_started_without_ld_preload_ends_up_on_openblas():
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "QMD_FAST_BLAS")}
+    out = subprocess.run(
+        [sys.executable, "train.py", "doctor", "--json", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["blas"].startswith("OpenBLAS"), report
+    assert report["compute_dtype"] == "float32"
+    assert report["matmul_gflops_float32"] > 0
+
+
+@linux_only
+def test_opt_out_keeps_the_bundled_blas():
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["QMD_FAST_BLAS"] = "0"
+    out = subprocess.run(
+        [sys.executable, "train.py", "doctor", "--json", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "bundled reference BLAS" in json.loads(out.stdout.strip().splitlines()[-1])["blas"]
+
+
+@linux_only
+def test_the_test_process_itself_runs_on_openblas():
+    assert runtime.blas_in_use().startswith("OpenBLAS")
+
+
+def test_config_merges_defaults_yaml_and_cli(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("iters: 10\nlearning_rate: 1.0e-4\n")
+    out = load_config(cfg, {"iters": 1, "learning_rate": 0.1, "seed": 0}, {"iters": 20, "seed": None})
+    assert out == {"iters": 20, "learning_rate": 1e-4, "seed": 0}
+
+
+def test_config_unknown_key_names_file_and_suggestion(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lerning_rate: 1.0e-4\n")
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: unknown config key 'lerning_rate' \(did you mean 'learning_rate'\?\)"
+    ):
+        load_config(cfg, {"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="command line: unknown config key 'zzz'"):
+        load_config(None, {"learning_rate": 0.1}, {"zzz": 1})
+
+
+def test_config_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad, {"a": 1})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml", {"a": 1})
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(lst, {"a": 1})
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
+    p = tmp_path / "sub" / "f.json"
+    runtime.atomic_write_json(p, {"a": 1})
+    runtime.atomic_write(p, b"bytes")
+    assert p.read_bytes() == b"bytes"
+    assert [x.name for x in p.parent.iterdir()] == ["f.json"]
+
+
+def test_tiny_model_loads_in_float32_and_generates(tiny_model):
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import generate
+
+    model, tok = tiny_model
+    assert all(v.dtype == mx.float32 for _, v in tree_flatten(model.parameters()))
+    assert model.args.model_type == "qwen3" and len(model.layers) == 2
+    text = generate(model, tok, "lex: auth", max_tokens=5, verbose=False)
+    assert isinstance(text, str)
+
+
+def test_load_model_errors_are_clear(tmp_path):
+    with pytest.raises(runtime.ModelError, match="neither a local folder nor a Hugging Face id"):
+        runtime.load_model(str(tmp_path / "missing-model"))
+    with pytest.raises(runtime.ModelError, match="no adapter_config.json"):
+        runtime.load_model(str(tmp_path), adapter_path=str(tmp_path))
