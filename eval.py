@@ -1,20 +1,367 @@
-"""Generate expansions for test queries and score them with reward.py - NOT IMPLEMENTED YET (issue #4).
+"""Generate expansions for test queries and score them with reward.py.
 
-python eval.py --model Qwen/Qwen3-1.7B --adapter adapters/sft
+    python eval.py --model Qwen/Qwen3-1.7B --adapter adapters/sft            # evals/queries.txt
+    python eval.py --model M --adapter A --baseline                          # also the untuned model, with gains
+    python eval.py --model M --adapter A --temp 0.7 --top-p 0.8 --top-k 20   # sample like QMD does
+    python eval.py --model M --output scores.json --min-score 0.8            # CI gate
+    python eval.py --compare before.json after.json                          # two runs side by side
+    python eval.py --score-only outputs.jsonl                                # score existing outputs
+    python eval.py --interactive --model M --adapter A                       # type queries, see scores
+
+Generation goes through mlx-lm's batched generator (one prefill per batch of prompts, a shared
+decode loop) with the prompt contract from prompt.py, greedy unless a temperature is given.
+grpo.py uses `evaluate()` and `format_report()` from here, so every evaluation reads the same.
 """
 
-import sys
+from __future__ import annotations
 
-import click
+import runtime
+
+runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+import reward  # noqa: E402
+from data import EVAL_QUERIES, DataError, read_queries  # noqa: E402
+
+# ----------------------------------------------------------------------------
+# Generation
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def cli():
-    """NOT IMPLEMENTED YET: batched generation and scoring of evals/queries.txt is built by issue #4.
-    Until then, score existing outputs with `python reward.py score FILE.jsonl`.
-    This command only prints this notice and exits 2."""
-    click.echo("eval.py is not implemented yet (issue #4); use `python reward.py score FILE.jsonl`.", err=True)
+def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presence_penalty: float = 0.0):
+    """(sampler, logits_processors) for mlx-lm. QMD samples with temp 0.7, top-p 0.8, top-k 20 and a
+    presence penalty of 0.5 over the last 64 tokens."""
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    sampler = make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0, top_k=top_k)
+    processors = make_logits_processors(presence_penalty=presence_penalty or None, presence_context_size=64)
+    return sampler, processors
+
+
+def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling):
+    """Expansions for `queries`, generated `batch_size` prompts at a time. Returns (texts, stats)."""
+    from mlx_lm.generate import batch_generate
+
+    from prompt import prompt_ids
+
+    sampler, processors = make_sampling(**sampling)
+    texts, gen_tokens, t0 = [], 0, time.perf_counter()
+    for i in range(0, len(queries), batch_size):
+        chunk = [prompt_ids(tokenizer, q) for q in queries[i : i + batch_size]]
+        out = batch_generate(
+            model,
+            tokenizer,
+            chunk,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+            completion_batch_size=batch_size,
+            prefill_batch_size=batch_size,
+            return_token_ids=True,
+        )
+        texts += out.texts
+        gen_tokens += sum(len(t) for t in out.token_ids)
+    seconds = time.perf_counter() - t0
+    return texts, {
+        "seconds": seconds,
+        "generated_tokens": gen_tokens,
+        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+    }
+
+
+def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
+    """One query at a time with mlx_lm.generate: the baseline the batched path is measured against."""
+    from mlx_lm import generate
+
+    from prompt import prompt_ids
+
+    sampler, processors = make_sampling(**sampling)
+    texts, t0 = [], time.perf_counter()
+    gen_tokens = 0
+    for q in queries:
+        text = generate(
+            model,
+            tokenizer,
+            prompt_ids(tokenizer, q),
+            max_tokens=max_tokens,
+            sampler=sampler,
+            logits_processors=processors,
+        )
+        texts.append(text)
+        gen_tokens += len(tokenizer.encode(text))
+    seconds = time.perf_counter() - t0
+    return texts, {
+        "seconds": seconds,
+        "generated_tokens": gen_tokens,
+        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Scoring and reports
+
+
+def score_outputs(items) -> dict:
+    """Score [(query, category, text)] and summarise: the dict written by --output."""
+    results, cats = [], defaultdict(list)
+    for query, category, text in items:
+        s = reward.score(query, text)
+        d = s.to_dict()
+        d.update(category=category, text=text)
+        results.append(d)
+        cats[category].append(s.reward)
+    n = max(len(results), 1)
+    kept = sum(r["qmd_kept"] for r in results)
+    total_lines = sum(r["qmd_total"] for r in results)
+    summary = {
+        "queries": len(results),
+        "average": round(sum(r["score"] for r in results) / n, 4),
+        "excellent": sum(1 for r in results if r["rating"] == "Excellent"),
+        "format_valid_rate": round(sum(1 for r in results if r["format_valid"]) / n, 4),
+        "qmd_survival_rate": round(kept / total_lines, 4) if total_lines else 0.0,
+        "hard_failures": sum(1 for r in results if r["hard_failure"]),
+        "per_category": {c: round(sum(v) / len(v), 4) for c, v in cats.items()},
+    }
+    return {"summary": summary, "results": results}
+
+
+def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling) -> dict:
+    """Generate for [(query, category)] and score: {"summary", "results", "generation"}."""
+    texts, gen_stats = generate_batch(model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, **sampling)
+    out = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+    out["generation"] = {k: round(v, 3) for k, v in gen_stats.items()}
+    return out
+
+
+def _first_deduction(r) -> str:
+    if r["hard_failure"]:
+        return "HARD: " + r["hard_failure"]
+    if not r["deductions"]:
+        return ""
+    d = max(r["deductions"], key=lambda x: x["points"])
+    return f"-{d['points']:g} {d['reason']}"
+
+
+def format_report(result: dict, verbose: bool = False, title: str = "") -> str:
+    lines = [title] if title else []
+    lines.append(f"{'query':44} {'score':>6}  {'rating':10} first deduction")
+    for r in result["results"]:
+        q = r["query"] if len(r["query"]) <= 44 else r["query"][:41] + "..."
+        lines.append(f"{q:44} {r['percentage']:5.1f}%  {r['rating']:10} {_first_deduction(r)}")
+        if verbose:
+            lines += ["    " + ln for ln in (r.get("text") or "").splitlines() or ["(empty output)"]]
+            lines += [f"    -{d['points']:g} {d['dimension']}: {d['reason']}" for d in r["deductions"]]
+            if r["hard_failure"]:
+                lines.append(f"    HARD FAILURE: {r['hard_failure']}")
+    s = result["summary"]
+    lines.append("\nper category:")
+    lines += [f"  {c:28} {100 * v:5.1f}%" for c, v in sorted(s["per_category"].items())]
+    lines.append(
+        f"\naverage {100 * s['average']:.1f}%  |  excellent {s['excellent']}/{s['queries']}  |  "
+        f"format-valid {100 * s['format_valid_rate']:.1f}%  |  QMD keeps {100 * s['qmd_survival_rate']:.1f}% of lex/vec lines"
+    )
+    if "generation" in result:
+        g = result["generation"]
+        lines.append(
+            f"generated {g['generated_tokens']} tokens in {g['seconds']:.1f}s ({g['tokens_per_sec']:.1f} tok/s)"
+        )
+    return "\n".join(lines)
+
+
+def format_compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
+    """Two runs side by side with per-query deltas (queries matched by text)."""
+    by_q = {r["query"]: r for r in a["results"]}
+    lines = [f"{'query':44} {name_a[:8]:>8} {name_b[:8]:>8} {'delta':>7}"]
+    for r in b["results"]:
+        ra = by_q.get(r["query"])
+        if ra is None:
+            continue
+        delta = r["percentage"] - ra["percentage"]
+        q = r["query"] if len(r["query"]) <= 44 else r["query"][:41] + "..."
+        lines.append(f"{q:44} {ra['percentage']:7.1f}% {r['percentage']:7.1f}% {delta:+6.1f}")
+    sa, sb = a["summary"], b["summary"]
+    for key, label in (
+        ("average", "average"),
+        ("format_valid_rate", "format-valid"),
+        ("qmd_survival_rate", "QMD keeps"),
+    ):
+        lines.append(f"{label:44} {100 * sa[key]:7.1f}% {100 * sb[key]:7.1f}% {100 * (sb[key] - sa[key]):+6.1f}")
+    lines.append(f"{'excellent':44} {sa['excellent']:8} {sb['excellent']:8} {sb['excellent'] - sa['excellent']:+7}")
+    return "\n".join(lines)
+
+
+def load_score_file(path) -> list:
+    """[(query, category, text)] from a JSONL of {"query", "text"|"output"[, "category"]}."""
+    items, problems = [], []
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
+            continue
+        text = reward._record_text(rec) if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or text is None:
+            problems.append(f'{path}:{lineno}: needs "query" and "text" (a string) or "output" (pairs)')
+            continue
+        items.append((rec["query"], str(rec.get("category", "uncategorised")), text))
+    if problems:
+        raise DataError(problems)
+    if not items:
+        raise DataError([f"{path}: no records"])
+    return items
+
+
+# ----------------------------------------------------------------------------
+# CLI
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
     sys.exit(2)
+
+
+@click.command()
+@click.option("--model", "model_path", help="Base model: a local MLX/HF folder, a Hub id or (later) a GGUF file.")
+@click.option("--adapter", "adapter_path", type=click.Path(), help="LoRA adapter folder from train.py/grpo.py.")
+@click.option(
+    "--queries",
+    "queries_path",
+    default=str(EVAL_QUERIES),
+    show_default=True,
+    type=click.Path(),
+    help="Query file: one per line, '# category: NAME' headers, '#' comments.",
+)
+@click.option("--baseline", is_flag=True, help="Also evaluate the untuned model (no adapter) and print the gain.")
+@click.option("--max-tokens", default=256, show_default=True, help="Cap on generated tokens per query.")
+@click.option("--batch-size", default=16, show_default=True, help="Prompts generated together.")
+@click.option("--temp", default=0.0, show_default=True, help="Sampling temperature (0 = greedy). QMD uses 0.7.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (1 = off). QMD uses 0.8.")
+@click.option("--top-k", default=0, show_default=True, help="Top-k sampling (0 = off). QMD uses 20.")
+@click.option(
+    "--presence-penalty", default=0.0, show_default=True, help="Penalty on tokens seen in the last 64. QMD uses 0.5."
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed for sampling.")
+@click.option("--sequential", is_flag=True, help="Generate one query at a time with mlx_lm.generate (for benchmarks).")
+@click.option("-v", "--verbose", is_flag=True, help="Show every output and every deduction.")
+@click.option("--output", "-o", "output_path", type=click.Path(), help="Write scores and outputs as JSON.")
+@click.option("--min-score", type=float, help="Exit 1 if the average score (0-1) is below this.")
+@click.option(
+    "--compare", nargs=2, type=click.Path(exists=True, dir_okay=False), help="Compare two --output JSON files."
+)
+@click.option(
+    "--score-only",
+    type=click.Path(exists=True, dir_okay=False),
+    help='Score a JSONL of {"query", "text"} without a model.',
+)
+@click.option("--interactive", is_flag=True, help="Type queries and see expansions with their score breakdown.")
+def cli(
+    model_path,
+    adapter_path,
+    queries_path,
+    baseline,
+    max_tokens,
+    batch_size,
+    temp,
+    top_p,
+    top_k,
+    presence_penalty,
+    seed,
+    sequential,
+    verbose,
+    output_path,
+    min_score,
+    compare,
+    score_only,
+    interactive,
+):
+    """Generate expansions for test queries and score them with reward.py."""
+    if compare:
+        a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in compare)
+        click.echo(format_compare(a, b, Path(compare[0]).stem, Path(compare[1]).stem))
+        return
+    if score_only:
+        try:
+            result = score_outputs(load_score_file(score_only))
+        except DataError as err:
+            _fail(str(err))
+        return _finish(result, verbose, output_path, min_score)
+
+    if not model_path:
+        _fail("--model is required (or use --compare / --score-only)")
+    import mlx.core as mx
+
+    mx.random.seed(seed)
+    sampling = {"temp": temp, "top_p": top_p, "top_k": top_k, "presence_penalty": presence_penalty}
+    try:
+        model, tokenizer = runtime.load_model(model_path, adapter_path)
+    except (runtime.ModelError, OSError, ValueError) as err:
+        _fail(str(err))
+    if interactive:
+        return _interactive(model, tokenizer, max_tokens, sampling)
+    try:
+        queries = read_queries(queries_path)
+    except DataError as err:
+        _fail(str(err))
+
+    if sequential:
+        texts, stats = generate_sequential(model, tokenizer, [q for q, _ in queries], max_tokens, **sampling)
+        result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+        result["generation"] = {k: round(v, 3) for k, v in stats.items()}
+    else:
+        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, **sampling)
+    result["config"] = {
+        "model": model_path,
+        "adapter": adapter_path,
+        "queries": str(queries_path),
+        **sampling,
+        "max_tokens": max_tokens,
+    }
+    if baseline and adapter_path:
+        base_model, base_tok = runtime.load_model(model_path)
+        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, **sampling)
+        click.echo(format_report(base, verbose, title="== untuned base model =="))
+        click.echo("")
+        result["baseline"] = base
+        click.echo(format_report(result, verbose, title=f"== {adapter_path} =="))
+        click.echo("\n" + format_compare(base, result, "base", "tuned"))
+        return _finish(result, False, output_path, min_score, echo=False)
+    return _finish(result, verbose, output_path, min_score)
+
+
+def _finish(result, verbose, output_path, min_score, echo=True):
+    if echo:
+        click.echo(format_report(result, verbose))
+    if output_path:
+        runtime.atomic_write_json(output_path, result)
+        click.echo(f"wrote {output_path}")
+    if min_score is not None and result["summary"]["average"] < min_score:
+        click.echo(f"average {result['summary']['average']:.3f} is below --min-score {min_score}", err=True)
+        sys.exit(1)
+
+
+def _interactive(model, tokenizer, max_tokens, sampling):
+    click.echo("Type a search query (Ctrl-D or Ctrl-C to quit).")
+    while True:
+        try:
+            query = input("query> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            click.echo("")
+            return
+        if not query:
+            continue
+        (text,), _ = generate_batch(model, tokenizer, [query], max_tokens, 1, **sampling)
+        s = reward.score(query, text)
+        click.echo(text if text.strip() else "(empty output)")
+        click.echo(f"-- {s.percentage:.1f}% {s.rating}  " + "  ".join(f"{k} {v:g}" for k, v in s.dimensions.items()))
+        click.echo(reward.explain(s))
 
 
 if __name__ == "__main__":

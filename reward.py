@@ -51,18 +51,23 @@ from prompt import parse_output, qmd_keeps, qmd_query_terms
 # ----------------------------------------------------------------------------
 # Word lists
 
-STOPWORDS = frozenset(
-    # English question and function words (the rubric's KEY_TERM_STOPWORDS, extended)
-    "what is how to the a an in on for of and or with my your do does can i me we who where when why "
-    "which find get show tell about are was were be been it its this that these those vs versus from "
-    "by at as not no without into than then there their our us you he she they them his her if so "
-    "should would could will just any some all more most best way ways use using"
-    # frequent function words of the other languages in the data
-    " der die das und ist ein eine mit von zu den im für wie was nicht"
+# Frequent function words of the other languages in the data: never key terms, never "repetition".
+FOREIGN_FUNCTION_WORDS = frozenset(
+    "der die das und ist ein eine mit von zu den im für wie was nicht"
     " el la los las de del y en un una para por con que como es qué cómo"
-    " le les des et est une pour par avec que comment dans du au"
-    " o os as e do da em um uma para com que como"
+    " le les des et est une pour par avec comment dans du au"
+    " o os as e do da em um uma com"
     " и в не на что как с по для это".split()
+)
+STOPWORDS = (
+    frozenset(
+        # English question and function words (the rubric's KEY_TERM_STOPWORDS, extended)
+        "what is how to the a an in on for of and or with my your do does can i me we who where when why "
+        "which find get show tell about are was were be been it its this that these those vs versus from "
+        "by at as not no without into than then there their our us you he she they them his her if so "
+        "should would could will just any some all more most best way ways use using".split()
+    )
+    | FOREIGN_FUNCTION_WORDS
 )
 GENERIC_LEX_PHRASES = (
     "find information about",
@@ -90,7 +95,7 @@ FILLER_LEADS = (
     "why ",
     "learn ",
 )
-HYDE_STOPWORDS = frozenset("the a an is are to for of in and or".split())
+HYDE_STOPWORDS = frozenset("the a an is are to for of in and or".split()) | FOREIGN_FUNCTION_WORDS
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RE = re.compile(f"[{_CJK}]")

@@ -222,24 +222,133 @@ class ModelError(RuntimeError):
     pass
 
 
+def resolve_model(model: str) -> str:
+    """A loadable local folder for `model`: a folder, a GGUF file (converted once, cached), a
+    pkg:PACKAGE/FILE.gguf shipped in a Python package, or a Hugging Face id (downloaded once)."""
+    model = str(model)
+    if model.startswith("pkg:") or model.endswith(".gguf"):
+        import gguf_io
+
+        try:
+            path = gguf_io.resolve_model_file(model) if model.startswith("pkg:") else Path(model).expanduser()
+            if not path.exists():
+                raise ModelError(f"{path}: GGUF file not found")
+            return str(gguf_io.import_gguf(path))
+        except (ValueError, FileNotFoundError) as exc:
+            raise ModelError(str(exc)) from exc
+    local = Path(model).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise ModelError(
+                f"{local}: no config.json here - pass a model folder (MLX or Hugging Face layout) or a .gguf file"
+            )
+        return str(local)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelError(
+            f"model '{model}' is neither a local folder, a .gguf file nor a Hugging Face id (owner/name). "
+            "Pass a folder with config.json and *.safetensors, a GGUF file, or an id like Qwen/Qwen3-1.7B."
+        )
+    return _download(model)
+
+
+def _download(repo_id: str) -> str:
+    """Hub id -> local snapshot folder; fails within seconds, with a way out, when offline."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.tiktoken", "tokenizer.model"]
+    try:  # already downloaded: no network needed
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    hint = (
+        f"Could not download '{repo_id}' from the Hugging Face Hub ({{why}}). Without network access, pass a local "
+        "model instead: --model path/to/folder (config.json + *.safetensors, e.g. from `huggingface-cli download` "
+        "on another machine) or --model path/to/model.gguf."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelError(hint.format(why="HF_HUB_OFFLINE is set and it is not in the local cache"))
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise ModelError(hint.format(why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")) from exc
+
+
 def load_model(model: str, adapter_path=None):
-    """Load (model, tokenizer) from a local MLX/HF folder or a Hub id, optionally with a LoRA adapter.
+    """Load (model, tokenizer) from anything resolve_model accepts, optionally with a LoRA adapter.
 
     On CPU the floating-point weights are cast to float32 so matmuls reach BLAS.
     """
     from mlx_lm.utils import load
 
-    local = Path(model).expanduser()
-    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise ModelError(
-            f"model '{model}' is neither a local folder nor a Hugging Face id (owner/name). "
-            "Pass a folder with config.json and *.safetensors, or an id like Qwen/Qwen3-1.7B."
-        )
     if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():
         raise ModelError(f"{adapter_path}: no adapter_config.json here - is this an adapter folder from train.py?")
-    model_obj, tokenizer = load(str(local) if local.exists() else model, adapter_path=adapter_path)
+    model_obj, tokenizer = load(resolve_model(model), adapter_path=adapter_path)
     if on_cpu():
         import mlx.core as mx
 
         model_obj.set_dtype(mx.float32)
     return model_obj, tokenizer
+
+
+# ----------------------------------------------------------------------------
+# Run logs: metrics.jsonl and a PNG plot next to every run's outputs
+
+
+class MetricsLog:
+    """Append-only JSONL log of metric dicts (one per report); survives resume by appending."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def read(self) -> list:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: skip it, the rest is intact
+                continue
+        return out
+
+    def truncate_after(self, step: int, key: str = "step") -> None:
+        """Drop records past `step` (they belong to work a resumed run will redo)."""
+        kept = [r for r in self.read() if r.get(key, 0) <= step]
+        atomic_write(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def plot_metrics(records: list, panels: list, path, title: str = "") -> Path | None:
+    """Write a PNG with one panel per entry of `panels`: (panel title, [metric keys]), x = "step"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (name, keys) in zip(axes[0], panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None and "step" in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=key)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

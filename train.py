@@ -1,7 +1,25 @@
-"""Supervised fine-tuning (LoRA on mlx-lm) and machine checks.
+"""LoRA supervised fine-tuning on mlx-lm, and machine checks.
 
-python train.py doctor               # MLX device, BLAS in use, measured matmul GFLOP/s
-python train.py sft --iters 3500     # LoRA SFT (not built yet: see `python train.py sft --help`)
+    python train.py sft --iters 3500                      # Qwen/Qwen3-1.7B on data/*.jsonl -> adapters/sft
+    python train.py sft --config configs/sft-0.6B.yaml    # another preset; any key can be a flag
+    python train.py sft --resume                          # continue the run in --adapter-path
+    python train.py doctor                                # MLX device, BLAS in use, matmul GFLOP/s
+
+How it trains (all of it mlx-lm's own machinery, customised by passing functions):
+  * `mlx_lm.tuner.trainer.train` runs the loop; we pass our `iterate_batches` and a callback.
+  * LoRA adapters from `linear_to_lora_layers` on the configured projections, base weights frozen.
+  * Examples are tokenized with prompt.encode_example: the loss (mlx-lm's default_loss with per-row
+    offsets) covers only the completion - the lex/vec/hyde lines and <|im_end|> - never the prompt
+    or Qwen3's empty think block.
+  * Batches are buckets of similar length (sorted by token count, ties shuffled each epoch), padded
+    to a multiple of 16, so little compute goes to padding; batch order is shuffled per epoch with
+    the seed, and the whole order is a pure function of (seed, batch number) so --resume replays it.
+  * float32 on CPU (BLAS), the model's dtype on GPU.
+Safety: a checkpoint (adapter + optimizer state + position) every `save_every` iterations, written
+atomically; Ctrl-C finishes the current optimizer step, saves and exits; a NaN/inf loss stops the
+run and keeps the last good adapter. Outputs in --adapter-path: adapters.safetensors,
+adapter_config.json (loadable by mlx_lm.load(..., adapter_path=...)), config.yaml (resolved
+config), metrics.jsonl, loss.png, checkpoints/.
 """
 
 import runtime
@@ -9,14 +27,528 @@ import runtime
 runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux
 
 import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
+
+import data as data_mod  # noqa: E402
+from prompt import encode_example  # noqa: E402
+
+ALL_PROJECTIONS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
+
+SFT_DEFAULTS = {
+    "model": "Qwen/Qwen3-1.7B",  # Hub id, local MLX/HF folder, GGUF file, or pkg:PACKAGE/FILE.gguf
+    "data": "data",  # folder of *.jsonl (split here) or a folder with train.jsonl + valid.jsonl
+    "valid_fraction": 0.05,
+    "adapter_path": "adapters/sft",
+    "iters": 3500,  # micro-batches; optimizer steps = iters / grad_accumulation_steps
+    "batch_size": 4,
+    "grad_accumulation_steps": 4,
+    "learning_rate": 2e-4,
+    "lr_schedule": "cosine",  # cosine | constant
+    "warmup_steps": 50,  # optimizer steps of linear warm-up
+    "min_lr_ratio": 0.1,  # cosine ends at learning_rate * min_lr_ratio
+    "weight_decay": 0.0,
+    "num_layers": -1,  # LoRA on the last N transformer blocks (-1: all)
+    "rank": 16,
+    "alpha": 32,  # LoRA scale = alpha / rank
+    "dropout": 0.05,
+    "lora_keys": ALL_PROJECTIONS,
+    "max_seq_length": 512,
+    "grad_checkpoint": False,
+    "seed": 0,
+    "steps_per_report": 10,
+    "steps_per_eval": 200,
+    "val_batches": 25,  # -1: the whole validation set
+    "save_every": 100,
+    "keep_checkpoints": 2,
+}
+PAD_MULTIPLE = 16
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+def load_sft_data(cfg):
+    """(train examples, valid examples) from cfg["data"]; DataError on any malformed line."""
+    folder = Path(cfg["data"])
+    if folder.is_file():
+        raise data_mod.DataError([f"{folder}: --data must be a folder of *.jsonl files, not a file"])
+    if (folder / "train.jsonl").exists():
+        train, _ = data_mod.dedupe(data_mod.load_examples([folder / "train.jsonl"]))
+        valid_file = folder / "valid.jsonl"
+        valid = data_mod.load_examples([valid_file]) if valid_file.exists() else []
+        return train, valid
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not files:
+        raise data_mod.DataError([f"{folder}: no *.jsonl files (see data/README or `python data.py --help`)"])
+    unique, _ = data_mod.dedupe(data_mod.load_examples(files))
+    return data_mod.split(unique, cfg["valid_fraction"], cfg["seed"])
+
+
+def tokenize(examples, tokenizer, max_seq_length):
+    """[(ids, prompt_len)], dropping (and counting) examples longer than max_seq_length."""
+    items, too_long = [], []
+    for ex in examples:
+        ids, prompt_len = encode_example(tokenizer, ex.query, ex.output)
+        if len(ids) > max_seq_length:
+            too_long.append(ex.source)
+        else:
+            items.append((ids, prompt_len))
+    return items, too_long
+
+
+def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=None, accumulation: int = 1):
+    """An `iterate_batches` for mlx-lm's trainer: length buckets, deterministic shuffled order.
+
+    Training batch number b (0-based, across epochs) is a pure function of (seed, b): epoch e shuffles
+    example order with seed+e, stable-sorts by length (so equal lengths mix), cuts batches, then
+    shuffles batch order. Resuming skips the first `start_batch` batches. When `stop()` turns true the
+    iterator ends at the next optimizer-step boundary, which ends the trainer's loop cleanly.
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    def epoch_batches(dataset, batch_size, epoch):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(dataset))
+        order = sorted(order, key=lambda i: len(dataset[i][0]))  # stable: ties stay shuffled
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if len(batches[-1]) < batch_size:  # top up the last bucket with random examples
+            batches[-1] = list(batches[-1]) + list(rng.choice(len(dataset), batch_size - len(batches[-1])))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def to_arrays(dataset, idx, max_seq_length):
+        rows = [dataset[i] for i in idx]
+        longest = max(len(ids) for ids, _ in rows)
+        # inputs are batch[:, :-1]: make that a multiple of PAD_MULTIPLE so few shapes get compiled
+        width = min(1 + PAD_MULTIPLE * math.ceil((longest - 1) / PAD_MULTIPLE), max_seq_length)
+        arr = np.zeros((len(rows), width), np.int32)
+        lengths = []
+        for j, (ids, prompt_len) in enumerate(rows):
+            n = min(len(ids), width)
+            arr[j, :n] = ids[:n]
+            # mlx-lm's default_loss keeps target positions t with offset <= t+1 <= length; target t is
+            # token t+1, so length = n - 1 ends the loss at the last real token (<|im_end|>). Passing n,
+            # as mlx-lm's own iterator does, would also train the first padding token.
+            lengths.append((prompt_len, n - 1))
+        if counters is not None:
+            counters["tokens"] += sum(n + 1 for _, n in lengths)
+            counters["padded"] += arr.size
+        return mx.array(arr), mx.array(lengths)
+
+    def iterate_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
+        if len(dataset) < batch_size:
+            raise ValueError(f"need at least batch_size={batch_size} examples, have {len(dataset)}")
+        if comm_group is not None and comm_group.size() > 1:
+            raise ValueError("train.py runs on one process; distributed training is not supported")
+        if not loop:  # validation: one pass in length order, no shuffling
+            order = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
+            for i in range(0, len(order) - batch_size + 1, batch_size):
+                yield to_arrays(dataset, order[i : i + batch_size], max_seq_length)
+            return
+        b, epoch = 0, 0
+        while True:
+            for idx in epoch_batches(dataset, batch_size, epoch):
+                if b >= start_batch:
+                    if stop is not None and stop() and (b - start_batch) % accumulation == 0:
+                        return
+                    if counters is not None:
+                        counters["batches"] = b + 1
+                    yield to_arrays(dataset, idx, max_seq_length)
+                b += 1
+            epoch += 1
+
+    return iterate_batches
+
+
+# ----------------------------------------------------------------------------
+# Model and optimizer
+
+
+def build_lora_model(cfg):
+    """Load the base model, freeze it and add LoRA layers. Returns (model, tokenizer, n_trainable)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, tokenizer = runtime.load_model(cfg["model"])
+    model.freeze()
+    n_layers = len(model.layers)
+    num_layers = n_layers if cfg["num_layers"] in (-1, None) else min(int(cfg["num_layers"]), n_layers)
+    linear_to_lora_layers(model, num_layers, lora_parameters(cfg))
+    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    if n_trainable == 0:
+        raise runtime.ModelError(f"no LoRA layers were created: none of {cfg['lora_keys']} exist in {cfg['model']}")
+    return model, tokenizer, num_layers, n_trainable
+
+
+def lora_parameters(cfg) -> dict:
+    return {
+        "rank": cfg["rank"],
+        "scale": cfg["alpha"] / cfg["rank"],
+        "dropout": cfg["dropout"],
+        "keys": list(cfg["lora_keys"]),
+    }
+
+
+def make_optimizer(cfg):
+    import mlx.optimizers as optim
+
+    lr = float(cfg["learning_rate"])
+    updates = max(1, math.ceil(cfg["iters"] / cfg["grad_accumulation_steps"]))
+    warmup = min(int(cfg["warmup_steps"]), updates - 1)
+    if cfg["lr_schedule"] == "constant":
+        main = lr
+    elif cfg["lr_schedule"] == "cosine":
+        main = optim.cosine_decay(lr, max(1, updates - warmup), lr * float(cfg["min_lr_ratio"]))
+    else:
+        raise runtime.ConfigError(f"lr_schedule must be 'cosine' or 'constant', got {cfg['lr_schedule']!r}")
+    if warmup > 0:
+        main = main if callable(main) else optim.linear_schedule(lr, lr, 1)
+        schedule = optim.join_schedules([optim.linear_schedule(lr / warmup, lr, warmup), main], [warmup])
+    else:
+        schedule = main
+    return optim.AdamW(learning_rate=schedule, weight_decay=float(cfg["weight_decay"]))
+
+
+def adapter_config(cfg, num_layers) -> dict:
+    """mlx-lm's adapter_config.json (what mlx_lm.load reads) plus our resolved training config."""
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": lora_parameters(cfg),
+        "base_model": cfg["model"],
+        "train_config": cfg,
+    }
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: adapters + optimizer + position, written atomically; the newest complete one wins
+
+
+def save_safetensors_atomic(path, arrays: dict) -> None:
+    import os
+
+    import mlx.core as mx
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
+    mx.save_safetensors(str(tmp), arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out: Path, model, optimizer, step: int, keep: int) -> Path:
+    from mlx.utils import tree_flatten
+
+    adapters = dict(tree_flatten(model.trainable_parameters()))
+    ckpt = out / "checkpoints" / f"step_{step:07d}"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_safetensors_atomic(ckpt / "adapters.safetensors", adapters)
+    save_safetensors_atomic(ckpt / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
+    runtime.atomic_write_json(ckpt / "state.json", {"step": step, "time": time.time()})  # written last: marks complete
+    save_safetensors_atomic(
+        out / "adapters.safetensors", adapters
+    )  # the run folder always holds the newest good adapter
+    for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def latest_checkpoint(out: Path):
+    done = [p for p in sorted((out / "checkpoints").glob("step_*")) if (p / "state.json").exists()]
+    return done[-1] if done else None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer) -> int:
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
+    optimizer.init(model.trainable_parameters())
+    configured_lr = optimizer.state["learning_rate"]
+    optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
+    # Keep the step count and Adam moments, but the learning rate comes from this run's config
+    # (schedules recompute it from the step; a constant rate given on the command line must win).
+    optimizer.state["learning_rate"] = configured_lr
+    return json.loads((ckpt / "state.json").read_text())["step"]
+
+
+# Keys that must match for --resume to continue the same run (the rest may change, e.g. iters).
+RESUME_KEYS = [
+    "model",
+    "data",
+    "valid_fraction",
+    "batch_size",
+    "grad_accumulation_steps",
+    "rank",
+    "alpha",
+    "num_layers",
+    "lora_keys",
+    "max_seq_length",
+    "seed",
+]
+
+
+# ----------------------------------------------------------------------------
+# The SFT run
+
+
+def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print) -> dict:
+    import mlx.core as mx
+    from mlx_lm.cli_ui import make_console
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+
+    out = Path(cfg["adapter_path"])
+    existing = latest_checkpoint(out) if out.exists() else None
+    if existing and not resume and not overwrite:
+        raise runtime.ConfigError(
+            f"{out} already holds a run ({existing.name}). Use --resume to continue it, "
+            "--overwrite to start over, or --adapter-path for a new folder."
+        )
+    if resume and existing:
+        saved = json.loads((out / "adapter_config.json").read_text())["train_config"]
+        changed = [k for k in RESUME_KEYS if saved.get(k) != cfg.get(k)]
+        if changed:
+            raise runtime.ConfigError(
+                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
+            )
+    if overwrite and out.exists():
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "adapters.safetensors", "loss.png"):
+            (out / name).unlink(missing_ok=True)
+
+    # Data first: a broken file fails in a second, before any model is loaded.
+    train_ex, valid_ex = load_sft_data(cfg)
+    mx.random.seed(cfg["seed"])
+    model, tokenizer, num_layers, n_trainable = build_lora_model(cfg)
+    train_set, too_long = tokenize(train_ex, tokenizer, cfg["max_seq_length"])
+    valid_set, too_long_v = tokenize(valid_ex, tokenizer, cfg["max_seq_length"])
+    if too_long or too_long_v:
+        echo(
+            f"skipping {len(too_long) + len(too_long_v)} example(s) longer than max_seq_length={cfg['max_seq_length']}: {', '.join((too_long + too_long_v)[:5])}"
+        )
+    if len(train_set) < cfg["batch_size"]:
+        raise data_mod.DataError(
+            [f"{cfg['data']}: only {len(train_set)} training examples; need at least batch_size={cfg['batch_size']}"]
+        )
+    if valid_set and len(valid_set) < cfg["batch_size"]:
+        valid_set = []  # too few to form one validation batch
+
+    optimizer = make_optimizer(cfg)
+    start = 0
+    if resume and existing:
+        start = load_checkpoint(existing, model, optimizer)
+        echo(f"resuming {out} from {existing.name}")
+    elif resume:
+        echo(f"nothing to resume in {out}: starting a new run")
+    out.mkdir(parents=True, exist_ok=True)
+    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
+    runtime.save_config(out, cfg)
+    metrics = runtime.MetricsLog(out / "metrics.jsonl")
+    metrics.truncate_after(start)
+    if start >= cfg["iters"]:
+        echo(f"{out} already finished {start}/{cfg['iters']} iterations; raise --iters to train further")
+        return {"step": start, "adapter_path": str(out)}
+
+    n_tok = sum(len(ids) for ids, _ in train_set)
+    echo(
+        f"model {cfg['model']} | {runtime.device_name()} | BLAS {runtime.blas_in_use().split(' /')[0]} | "
+        f"LoRA rank {cfg['rank']} on {num_layers} layers: {n_trainable / 1e6:.2f}M trainable parameters"
+    )
+    echo(
+        f"data {len(train_set)} train / {len(valid_set)} valid examples, {n_tok / len(train_set):.0f} tokens each on average"
+    )
+
+    # -- callbacks: progress lines, metrics, checkpoints, NaN guard, Ctrl-C
+    interrupted = {"flag": False}
+    counters = {"tokens": 0, "padded": 0, "batches": start}
+    clock = {"t0": time.perf_counter(), "last": time.perf_counter(), "tokens": 0, "saved": start}
+    last_good = {"step": start}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        echo("\ninterrupt: finishing this optimizer step, then saving a checkpoint (Ctrl-C again to abort)")
+
+    class Callback:
+        def on_train_loss_report(self, info):
+            step = start + info["iteration"]
+            loss = info["train_loss"]
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"train loss is {loss} at step {step}")
+            now = time.perf_counter()
+            toks = counters["tokens"] - clock["tokens"]
+            tps = toks / max(now - clock["last"], 1e-9)
+            clock.update(last=now, tokens=counters["tokens"])
+            done = step - start
+            eta = (now - clock["t0"]) / max(done, 1) * (cfg["iters"] - step)
+            rec = {
+                "step": step,
+                "train_loss": round(loss, 5),
+                "learning_rate": info["learning_rate"],
+                "tokens_per_sec": round(tps, 1),
+                "completion_tokens_per_sec": round(info["tokens_per_second"], 1),
+                "trained_tokens": info["trained_tokens"],
+                "padding_share": round(1 - counters["tokens"] / max(counters["padded"], 1), 4),
+                "peak_memory_gb": round(info["peak_memory"], 3),
+                "elapsed_s": round(now - clock["t0"], 1),
+                "eta_s": round(eta, 1),
+            }
+            metrics.log(rec)
+            echo(
+                f"step {step:5d}/{cfg['iters']} | loss {loss:.4f} | lr {info['learning_rate']:.2e} | "
+                f"{tps:,.0f} tok/s | peak {info['peak_memory']:.2f} GB | ETA {_hms(eta)}"
+            )
+            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
+                save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+                clock["saved"] = last_good["step"] = step
+                _plot(out, metrics)
+
+        def on_val_loss_report(self, info):
+            step = start + info["iteration"]
+            if not math.isfinite(info["val_loss"]):
+                raise TrainingDiverged(f"validation loss is {info['val_loss']} at step {step}")
+            metrics.log({"step": step, "val_loss": round(info["val_loss"], 5)})
+            echo(f"step {step:5d}/{cfg['iters']} | val loss {info['val_loss']:.4f} ({info['val_time']:.1f}s)")
+
+    scratch = out / ".trainer_final.safetensors"  # mlx-lm writes its final adapters here; ours are atomic
+    args = TrainingArgs(
+        batch_size=cfg["batch_size"],
+        iters=cfg["iters"] - start,
+        val_batches=cfg["val_batches"],
+        steps_per_report=cfg["steps_per_report"],
+        steps_per_eval=cfg["steps_per_eval"],
+        steps_per_save=10**12,  # checkpointing is ours (atomic, with optimizer state)
+        max_seq_length=cfg["max_seq_length"],
+        adapter_file=str(scratch),
+        grad_checkpoint=cfg["grad_checkpoint"],
+        grad_accumulation_steps=cfg["grad_accumulation_steps"],
+    )
+    iterate = make_iterate_batches(
+        cfg["seed"], start, lambda: interrupted["flag"], counters, cfg["grad_accumulation_steps"]
+    )
+    make_console().quiet = True  # our progress line replaces mlx-lm's console UI
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    model.train()
+    try:
+        train(
+            model, optimizer, train_set, valid_set or None, args, iterate_batches=iterate, training_callback=Callback()
+        )
+    except TrainingDiverged as exc:
+        _plot(out, metrics)
+        raise TrainingDiverged(
+            f"{exc}: training stopped. The last good adapter (step {last_good['step']}) is kept in {out}/adapters.safetensors. "
+            "Try a lower --learning-rate."
+        ) from None
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        make_console().quiet = False
+        scratch.unlink(missing_ok=True)
+
+    step = counters["batches"]
+    save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+    _plot(out, metrics)
+    if interrupted["flag"] and step < cfg["iters"]:
+        echo(
+            f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {out}"
+        )
+        return {"step": step, "adapter_path": str(out), "interrupted": True}
+    echo(f"done: {step} iterations in {_hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
+    return {"step": step, "adapter_path": str(out), "interrupted": False}
+
+
+def _plot(out, metrics):
+    runtime.plot_metrics(
+        metrics.read(),
+        [
+            ("loss", ["train_loss", "val_loss"]),
+            ("learning rate", ["learning_rate"]),
+            ("throughput (tok/s)", ["tokens_per_sec"]),
+        ],
+        out / "loss.png",
+        title=f"SFT {out}",
+    )
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ----------------------------------------------------------------------------
+# CLI
 
 
 @click.group()
 def cli():
     """Train query-expansion models for QMD on MLX."""
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(),
+    default=str(Path(__file__).parent / "configs" / "sft.yaml"),
+    show_default="configs/sft.yaml",
+    help="YAML config; flags below override it.",
+)
+@click.option(
+    "--model", help="Base model: Hub id (Qwen/Qwen3-1.7B), local MLX/HF folder, GGUF file, or pkg:PACKAGE/FILE.gguf."
+)
+@click.option(
+    "--data",
+    help="Folder of *.jsonl training files, or a folder with train.jsonl and valid.jsonl (from data.py split).",
+)
+@click.option("--adapter-path", help="Output folder for adapters, checkpoints, metrics and plots.")
+@click.option("--iters", type=int, help="Training iterations (micro-batches).")
+@click.option("--batch-size", type=int, help="Examples per micro-batch.")
+@click.option("--grad-accumulation-steps", type=int, help="Micro-batches per optimizer step.")
+@click.option("--learning-rate", type=float, help="Peak learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), help="Learning-rate schedule after warm-up.")
+@click.option("--warmup-steps", type=int, help="Optimizer steps of linear warm-up.")
+@click.option("--num-layers", type=int, help="Add LoRA to the last N blocks (-1: all).")
+@click.option("--rank", type=int, help="LoRA rank.")
+@click.option("--alpha", type=float, help="LoRA alpha (scale = alpha / rank).")
+@click.option("--dropout", type=float, help="LoRA dropout.")
+@click.option("--max-seq-length", type=int, help="Longest example in tokens; longer ones are skipped and reported.")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Recompute activations to save memory.")
+@click.option("--seed", type=int, help="Seed for the data split, batch order and LoRA init.")
+@click.option("--steps-per-report", type=int, help="Iterations between progress lines.")
+@click.option("--steps-per-eval", type=int, help="Iterations between validation losses.")
+@click.option("--save-every", type=int, help="Iterations between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run in --adapter-path from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start over in an --adapter-path that already holds a run.")
+def sft(config_path, resume, overwrite, **flags):
+    """LoRA supervised fine-tuning on mlx-lm (prompt masked, length-bucketed batches)."""
+    try:
+        cfg = runtime.load_config(config_path, SFT_DEFAULTS, flags)
+        run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+    except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except TrainingDiverged as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
 
 
 @cli.command()
@@ -34,16 +566,6 @@ def doctor(as_json, quick):
         return
     for key, value in report.items():
         click.echo(f"{key:24} {value}")
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def sft():
-    """NOT IMPLEMENTED YET: LoRA supervised fine-tuning on mlx-lm is built by issue #5.
-
-    This command currently only prints this notice and exits with status 2.
-    """
-    click.echo("train.py sft is not implemented yet (issue #5).", err=True)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

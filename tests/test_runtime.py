@@ -105,7 +105,7 @@ def test_tiny_model_loads_in_float32_and_generates(tiny_model):
 
 
 def test_load_model_errors_are_clear(tmp_path):
-    with pytest.raises(runtime.ModelError, match="neither a local folder nor a Hugging Face id"):
+    with pytest.raises(runtime.ModelError, match="neither a local folder, a .gguf file nor a Hugging Face id"):
         runtime.load_model(str(tmp_path / "missing-model"))
     with pytest.raises(runtime.ModelError, match="no adapter_config.json"):
         runtime.load_model(str(tmp_path), adapter_path=str(tmp_path))

@@ -1,0 +1,136 @@
+"""eval.py end to end on the tiny offline model, plus --score-only, --compare, --min-score, errors."""
+
+import json
+
+from click.testing import CliRunner
+
+import eval as ev
+
+GOOD = (
+    "lex: auth config settings\nlex: authentication configuration file\n"
+    "vec: where is the authentication configuration for the app stored\n"
+    "hyde: Authentication is configured in config/auth.yml: set the provider and the AUTH_SECRET variable."
+)
+BAD = "lex: login\nvec: settings"
+
+
+def queries_file(tmp_path):
+    p = tmp_path / "q.txt"
+    p.write_text("# a comment\n# category: short\nauth config\nwebhooks\n\n# category: errors\nERR_REQUIRE_ESM\n")
+    return p
+
+
+def test_eval_cli_end_to_end_on_tiny_model(tiny_model_path, tmp_path):
+    out = tmp_path / "scores.json"
+    args = [
+        "--model",
+        str(tiny_model_path),
+        "--queries",
+        str(queries_file(tmp_path)),
+        "--max-tokens",
+        "8",
+        "-o",
+        str(out),
+    ]
+    result = CliRunner().invoke(ev.cli, args)
+    assert result.exit_code == 0, result.output
+    assert "auth config" in result.output and "per category:" in result.output and "format-valid" in result.output
+    data = json.loads(out.read_text())
+    assert set(data) >= {"summary", "results", "generation", "config"}
+    assert set(data["summary"]) >= {
+        "queries",
+        "average",
+        "excellent",
+        "format_valid_rate",
+        "qmd_survival_rate",
+        "per_category",
+    }
+    assert data["summary"]["queries"] == 3 and set(data["summary"]["per_category"]) == {"short", "errors"}
+    r = data["results"][0]
+    assert set(r) >= {
+        "query",
+        "category",
+        "text",
+        "score",
+        "percentage",
+        "rating",
+        "deductions",
+        "dimensions",
+        "format_valid",
+    }
+    assert data["generation"]["generated_tokens"] > 0
+
+
+def test_verbose_shows_raw_output_and_deductions(tiny_model_path, tmp_path):
+    args = ["--model", str(tiny_model_path), "--queries", str(queries_file(tmp_path)), "--max-tokens", "4", "-v"]
+    result = CliRunner().invoke(ev.cli, args)
+    assert result.exit_code == 0, result.output
+    assert "HARD FAILURE" in result.output or "    -" in result.output
+
+
+def test_batched_and_sequential_generate_the_same_greedy_text(tiny_model):
+    model, tok = tiny_model
+    qs = ["auth config", "webhooks"]
+    batched, _ = ev.generate_batch(model, tok, qs, max_tokens=6, batch_size=2)
+    sequential, _ = ev.generate_sequential(model, tok, qs, max_tokens=6)
+    assert len(batched) == 2 and all(isinstance(t, str) for t in batched)
+    # right-to-left padding changes float rounding, so compare the first tokens, which are robust
+    assert [t[:3] for t in batched] == [t[:3] for t in sequential]
+
+
+def write_outputs(path, pairs):
+    path.write_text("".join(json.dumps({"query": q, "text": t, "category": c}) + "\n" for q, t, c in pairs))
+    return path
+
+
+def test_score_only_compare_and_min_score(tmp_path):
+    a = write_outputs(tmp_path / "a.jsonl", [("auth config", BAD, "short")])
+    b = write_outputs(tmp_path / "b.jsonl", [("auth config", GOOD, "short")])
+    ja, jb = tmp_path / "a.json", tmp_path / "b.json"
+    ra = CliRunner().invoke(ev.cli, ["--score-only", str(a), "-o", str(ja)])
+    rb = CliRunner().invoke(ev.cli, ["--score-only", str(b), "-o", str(jb), "--min-score", "0.9"])
+    assert ra.exit_code == 0 and rb.exit_code == 0, ra.output + rb.output
+    assert json.loads(jb.read_text())["summary"]["average"] == 1.0
+    low = CliRunner().invoke(ev.cli, ["--score-only", str(a), "--min-score", "0.9"])
+    assert low.exit_code == 1 and "below --min-score" in low.output
+    cmp = CliRunner().invoke(ev.cli, ["--compare", str(ja), str(jb)])
+    assert cmp.exit_code == 0, cmp.output
+    line = next(ln for ln in cmp.output.splitlines() if ln.startswith("auth config"))
+    before, after = json.loads(ja.read_text())["results"][0]["percentage"], 100.0
+    assert f"{after - before:+6.1f}" in line
+
+
+def test_score_only_bad_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"query": "x", "text": "lex: x"}\n{"query": 1}\nnope\n')
+    result = CliRunner().invoke(ev.cli, ["--score-only", str(p)])
+    assert result.exit_code == 2
+    assert f"{p}:2:" in result.output and f"{p}:3: not valid JSON" in result.output
+
+
+def test_malformed_query_file_is_a_clear_error(tiny_model_path, tmp_path):
+    p = tmp_path / "q.txt"
+    p.write_text("auth config\nwebhooks\nAuth  Config\n")
+    result = CliRunner().invoke(ev.cli, ["--model", str(tiny_model_path), "--queries", str(p)])
+    assert result.exit_code == 2
+    assert f"{p}:3: duplicate query (first on line 1)" in result.output
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only comments\n")
+    result = CliRunner().invoke(ev.cli, ["--model", str(tiny_model_path), "--queries", str(empty)])
+    assert result.exit_code == 2 and "no queries" in result.output
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(ev.cli, ["--model", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "neither a local folder, a .gguf file nor a Hugging Face id" in result.output
+
+
+def test_interactive_scores_typed_queries_and_quits_on_eof(tiny_model_path):
+    result = CliRunner().invoke(
+        ev.cli, ["--model", str(tiny_model_path), "--interactive", "--max-tokens", "4"], input="auth config\n\n"
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.count("query>") == 3  # two inputs, then end of input
+    assert "-- 0.0% Failed" in out or "Excellent" in out or "Good" in out  # the score line
+    assert "HARD FAILURE" in out or "format" in out  # the breakdown

@@ -1,0 +1,220 @@
+"""train.py sft on the tiny offline Qwen3: prompt mask, batches, checkpoints, resume, Ctrl-C, NaN, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+
+import train
+from prompt import encode_example
+
+PAIRS = [("lex", "auth config file"), ("vec", "where is the auth configuration stored")]
+
+
+def write_data(folder, n=12):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        q = f"auth config number {i}"
+        out = [
+            ["lex", f"auth config {i}"],
+            ["vec", f"where is auth config {i} stored"],
+            ["hyde", "Auth lives in config/auth.yml."],
+        ]
+        lines.append(json.dumps({"query": q, "output": out}))
+    (folder / "d.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def sft_args(model, data, out, *extra):
+    return [
+        "sft", "--model", str(model), "--data", str(data), "--adapter-path", str(out),
+        "--batch-size", "2", "--grad-accumulation-steps", "1", "--max-seq-length", "128",
+        "--steps-per-report", "2", "--steps-per-eval", "1000", "--save-every", "2",
+        "--rank", "4", "--alpha", "8", "--dropout", "0", "--lr-schedule", "constant", "--warmup-steps", "0",
+        "--learning-rate", "1e-3", *extra,
+    ]  # fmt: skip
+
+
+def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
+    """The mask mlx-lm's default_loss builds from our (offset, length) rows selects the target lines
+    and <|im_end|> - not the prompt, not the empty think block."""
+    import mlx.core as mx
+
+    ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
+    it = train.make_iterate_batches(seed=0)
+    batch, lengths = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
+    assert batch.shape[1] - 1 == 16 * -(-(len(ids) - 1) // 16)  # inputs padded to a multiple of 16
+    targets = batch[:, 1:]
+    steps = mx.arange(1, targets.shape[1] + 1)
+    mask = mx.logical_and(steps >= lengths[:, 0:1], steps <= lengths[:, 1:])  # as in mlx_lm default_loss
+    picked = [int(t) for t, m in zip(targets[0].tolist(), mask[0].tolist()) if m]
+    assert picked == ids[prompt_len:]
+    assert (
+        qwen_tokenizer.decode(picked) == "lex: auth config file\nvec: where is the auth configuration stored<|im_end|>"
+    )
+    assert "<think>" in qwen_tokenizer.decode(ids[:prompt_len])
+
+
+def test_batches_are_length_buckets_and_order_is_a_function_of_seed():
+    data = [([1] * n, 1) for n in [5, 50, 6, 51, 7, 52, 8, 53]]
+    it = train.make_iterate_batches(seed=1)
+    batches = [b for _, b in zip(range(8), it(data, 2, 512, loop=True))]
+    for _arr, lengths in batches:
+        lens = [n for _, n in lengths.tolist()]
+        assert max(lens) - min(lens) <= 2  # similar lengths together
+    again = [b for _, b in zip(range(8), train.make_iterate_batches(seed=1)(data, 2, 512, loop=True))]
+    assert [a.tolist() for a, _ in batches] == [a.tolist() for a, _ in again]
+    resumed = [b for _, b in zip(range(5), train.make_iterate_batches(seed=1, start_batch=3)(data, 2, 512, loop=True))]
+    assert [a.tolist() for a, _ in resumed] == [a.tolist() for a, _ in batches[3:]]
+
+
+@pytest.mark.slow
+def test_sft_trains_saves_and_resumes_exactly(tiny_model_path, tmp_path):
+    import mlx.core as mx
+
+    data = write_data(tmp_path / "data")
+    runner = CliRunner()
+    full = runner.invoke(train.cli, sft_args(tiny_model_path, data, tmp_path / "full", "--iters", "4"))
+    assert full.exit_code == 0, full.output
+    assert "step     2/4 | loss" in full.output and "tok/s" in full.output and "ETA" in full.output
+    out = tmp_path / "full"
+    for name in ["adapters.safetensors", "adapter_config.json", "config.yaml", "metrics.jsonl", "loss.png"]:
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["fine_tune_type"] == "lora" and cfg["lora_parameters"]["rank"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == [2, 4]
+
+    # the adapter loads with mlx-lm's own loader
+    from mlx_lm import load
+
+    load(str(tiny_model_path), adapter_path=str(out))
+
+    # a run folder that holds a run is not silently overwritten
+    again = runner.invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "4"))
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    # 2 iterations, then --resume to 4: same weights as 4 in one go (same data order and optimizer state)
+    half = tmp_path / "half"
+    r1 = runner.invoke(train.cli, sft_args(tiny_model_path, data, half, "--iters", "2"))
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(train.cli, sft_args(tiny_model_path, data, half, "--iters", "4", "--resume"))
+    assert r2.exit_code == 0, r2.output
+    assert "resuming" in r2.output
+    a = mx.load(str(out / "adapters.safetensors"))
+    b = mx.load(str(half / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert mx.allclose(a[k], b[k], atol=1e-5).item(), k
+    steps = [
+        json.loads(line)["step"] for line in (half / "metrics.jsonl").read_text().splitlines() if "train_loss" in line
+    ]
+    assert steps == [2, 4]
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_path):
+    import mlx.core as mx
+
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "run"
+    ok = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2"))
+    assert ok.exit_code == 0, ok.output
+    good = mx.load(str(out / "adapters.safetensors"))
+    bad = CliRunner().invoke(
+        train.cli, sft_args(tiny_model_path, data, out, "--iters", "8", "--resume", "--learning-rate", "nan")
+    )
+    assert bad.exit_code == 1
+    assert "nan" in bad.output.lower() and "last good adapter (step 2)" in bad.output
+    kept = mx.load(str(out / "adapters.safetensors"))
+    for k in good:
+        assert mx.array_equal(kept[k], good[k]).item()
+        assert mx.isfinite(kept[k]).all().item()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tiny_model_path, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *sft_args(tiny_model_path, data, out, "--iters", "400")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines, deadline = [], time.time() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step ") and "loss" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.time() < deadline, "".join(lines)
+    rest, _ = proc.communicate(timeout=240)
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert "stopped at step" in output and "--resume" in output
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert ckpts and (ckpts[-1] / "state.json").exists()
+    stopped = json.loads((ckpts[-1] / "state.json").read_text())["step"]
+    assert 0 < stopped < 400
+    resumed = CliRunner().invoke(
+        train.cli, sft_args(tiny_model_path, data, out, "--iters", str(stopped + 2), "--resume")
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert f"step {stopped + 2:5d}/{stopped + 2}" in resumed.output
+
+
+def test_bad_data_fails_before_the_model_is_loaded(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "d.jsonl").write_text('{"query": "q", "output": [["lex", "x"]]}\n{"query": "q2", "output": "nope"}\n')
+    t = time.time()
+    result = CliRunner().invoke(
+        train.cli,
+        ["sft", "--model", str(tmp_path / "no-model"), "--data", str(data), "--adapter-path", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 2
+    assert f"{data / 'd.jsonl'}:2:" in result.output and '"output" must be a non-empty list' in result.output
+    assert time.time() - t < 10
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_model_and_bad_config_fail_fast(tmp_path):
+    data = write_data(tmp_path / "data")
+    result = CliRunner().invoke(
+        train.cli,
+        ["sft", "--model", str(tmp_path / "nope"), "--data", str(data), "--adapter-path", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 2 and "neither a local folder" in result.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("iters: 5\nlora_rank: 8\n")
+    result = CliRunner().invoke(train.cli, ["sft", "--config", str(cfg)])
+    assert result.exit_code == 2 and "unknown config key 'lora_rank'" in result.output
+
+
+def test_hub_id_offline_fails_within_seconds_with_a_way_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    data = write_data(tmp_path / "data")
+    t = time.time()
+    result = CliRunner().invoke(
+        train.cli, ["sft", "--model", "Qwen/Qwen3-1.7B", "--data", str(data), "--adapter-path", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2
+    assert "pass a local model instead" in result.output and "--model path/to/folder" in result.output
+    assert time.time() - t < 10
+
+
+def test_configs_load_and_presets_differ_only_where_they_should():
+    from runtime import load_config
+
+    base = load_config(ROOT / "configs" / "sft.yaml", train.SFT_DEFAULTS)
+    assert base["model"] == "Qwen/Qwen3-1.7B" and base["rank"] == 16 and base["alpha"] == 32
+    assert base["learning_rate"] == 2e-4 and base["batch_size"] * base["grad_accumulation_steps"] == 16
+    for name, model in [("sft-0.6B", "Qwen/Qwen3-0.6B"), ("sft-4B", "Qwen/Qwen3-4B")]:
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml", train.SFT_DEFAULTS)
+        assert cfg["model"] == model
