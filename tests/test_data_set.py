@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 
 import data
 import reward
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
