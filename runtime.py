@@ -279,18 +279,110 @@ def _download(repo_id: str) -> str:
 def load_model(model: str, adapter_path=None):
     """Load (model, tokenizer) from anything resolve_model accepts, optionally with a LoRA adapter.
 
-    On CPU the floating-point weights are cast to float32 so matmuls reach BLAS.
+    An adapter trained on top of another one (grpo.py's, whose adapter_config.json names its
+    `parent_adapter`) is loaded by fusing the parent into the base weights first, exactly as it was
+    trained. On CPU the floating-point weights are cast to float32 so matmuls reach BLAS.
     """
+    from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import load
 
-    if adapter_path is not None and not (Path(adapter_path) / "adapter_config.json").exists():
-        raise ModelError(f"{adapter_path}: no adapter_config.json here - is this an adapter folder from train.py?")
-    model_obj, tokenizer = load(resolve_model(model), adapter_path=adapter_path)
+    chain = adapter_chain(adapter_path) if adapter_path is not None else []
+    model_obj, tokenizer = load(resolve_model(model))
     if on_cpu():
         import mlx.core as mx
 
         model_obj.set_dtype(mx.float32)
+    for i, path in enumerate(chain):
+        load_adapters(model_obj, str(path))
+        if i < len(chain) - 1:
+            fuse_lora(model_obj)
+    model_obj.eval()  # LoRA dropout off
     return model_obj, tokenizer
+
+
+def adapter_chain(adapter_path) -> list:
+    """[root adapter, ..., adapter_path] following each adapter_config.json's `parent_adapter`."""
+    chain, path = [], Path(adapter_path)
+    while path is not None:
+        cfg_file = path / "adapter_config.json"
+        if not cfg_file.exists():
+            raise ModelError(
+                f"{path}: no adapter_config.json here - is this an adapter folder from train.py or grpo.py?"
+            )
+        if path in chain or len(chain) > 8:
+            raise ModelError(f"{adapter_path}: adapter parents form a loop")
+        chain.append(path)
+        parent = json.loads(cfg_file.read_text()).get("parent_adapter")
+        path = Path(parent) if parent else None
+    return chain[::-1]
+
+
+def fuse_lora(model) -> None:
+    """Fold every LoRA layer into its base linear (in memory), as mlx_lm.fuse does."""
+    from mlx.utils import tree_unflatten
+
+    fused = [(name, m.fuse(dequantize=True)) for name, m in model.named_modules() if hasattr(m, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints: trainable weights + optimizer state + position, written atomically
+
+
+def save_safetensors_atomic(path, arrays: dict) -> None:
+    import mlx.core as mx
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
+    mx.save_safetensors(str(tmp), arrays)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out, model, optimizer, step: int, keep: int, extra: dict | None = None) -> Path:
+    """checkpoints/step_N/{adapters,optimizer}.safetensors + state.json (written last: marks it complete),
+    and the newest adapters copied to out/adapters.safetensors so the run folder always loads."""
+    import shutil
+
+    from mlx.utils import tree_flatten
+
+    out = Path(out)
+    adapters = dict(tree_flatten(model.trainable_parameters()))
+    ckpt = out / "checkpoints" / f"step_{step:07d}"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_safetensors_atomic(ckpt / "adapters.safetensors", adapters)
+    save_safetensors_atomic(ckpt / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
+    atomic_write_json(ckpt / "state.json", {"step": step, "time": time.time(), **(extra or {})})
+    save_safetensors_atomic(out / "adapters.safetensors", adapters)
+    for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def latest_checkpoint(out):
+    done = [p for p in sorted((Path(out) / "checkpoints").glob("step_*")) if (p / "state.json").exists()]
+    return done[-1] if done else None
+
+
+def load_checkpoint(ckpt, model, optimizer) -> dict:
+    """Restore trainable weights and optimizer state; returns the checkpoint's state.json."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+
+    ckpt = Path(ckpt)
+    model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
+    optimizer.init(model.trainable_parameters())
+    configured_lr = optimizer.state["learning_rate"]
+    optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
+    # Keep the step count and Adam moments, but the learning rate comes from this run's config
+    # (schedules recompute it from the step; a constant rate given on the command line must win).
+    optimizer.state["learning_rate"] = configured_lr
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ----------------------------------------------------------------------------

@@ -240,57 +240,6 @@ def adapter_config(cfg, num_layers) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------
-# Checkpoints: adapters + optimizer + position, written atomically; the newest complete one wins
-
-
-def save_safetensors_atomic(path, arrays: dict) -> None:
-    import os
-
-    import mlx.core as mx
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), arrays)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(out: Path, model, optimizer, step: int, keep: int) -> Path:
-    from mlx.utils import tree_flatten
-
-    adapters = dict(tree_flatten(model.trainable_parameters()))
-    ckpt = out / "checkpoints" / f"step_{step:07d}"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    save_safetensors_atomic(ckpt / "adapters.safetensors", adapters)
-    save_safetensors_atomic(ckpt / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
-    runtime.atomic_write_json(ckpt / "state.json", {"step": step, "time": time.time()})  # written last: marks complete
-    save_safetensors_atomic(
-        out / "adapters.safetensors", adapters
-    )  # the run folder always holds the newest good adapter
-    for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return ckpt
-
-
-def latest_checkpoint(out: Path):
-    done = [p for p in sorted((out / "checkpoints").glob("step_*")) if (p / "state.json").exists()]
-    return done[-1] if done else None
-
-
-def load_checkpoint(ckpt: Path, model, optimizer) -> int:
-    import mlx.core as mx
-    from mlx.utils import tree_unflatten
-
-    model.load_weights(str(ckpt / "adapters.safetensors"), strict=False)
-    optimizer.init(model.trainable_parameters())
-    configured_lr = optimizer.state["learning_rate"]
-    optimizer.state = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
-    # Keep the step count and Adam moments, but the learning rate comes from this run's config
-    # (schedules recompute it from the step; a constant rate given on the command line must win).
-    optimizer.state["learning_rate"] = configured_lr
-    return json.loads((ckpt / "state.json").read_text())["step"]
-
-
 # Keys that must match for --resume to continue the same run (the rest may change, e.g. iters).
 RESUME_KEYS = [
     "model",
@@ -317,7 +266,7 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     from mlx_lm.tuner.trainer import TrainingArgs, train
 
     out = Path(cfg["adapter_path"])
-    existing = latest_checkpoint(out) if out.exists() else None
+    existing = runtime.latest_checkpoint(out) if out.exists() else None
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
             f"{out} already holds a run ({existing.name}). Use --resume to continue it, "
@@ -355,7 +304,7 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     optimizer = make_optimizer(cfg)
     start = 0
     if resume and existing:
-        start = load_checkpoint(existing, model, optimizer)
+        start = runtime.load_checkpoint(existing, model, optimizer)["step"]
         echo(f"resuming {out} from {existing.name}")
     elif resume:
         echo(f"nothing to resume in {out}: starting a new run")
@@ -416,10 +365,10 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
             metrics.log(rec)
             echo(
                 f"step {step:5d}/{cfg['iters']} | loss {loss:.4f} | lr {info['learning_rate']:.2e} | "
-                f"{tps:,.0f} tok/s | peak {info['peak_memory']:.2f} GB | ETA {_hms(eta)}"
+                f"{tps:,.0f} tok/s | peak {info['peak_memory']:.2f} GB | ETA {runtime.hms(eta)}"
             )
             if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
-                save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
                 clock["saved"] = last_good["step"] = step
                 _plot(out, metrics)
 
@@ -465,14 +414,14 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
         scratch.unlink(missing_ok=True)
 
     step = counters["batches"]
-    save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
     _plot(out, metrics)
     if interrupted["flag"] and step < cfg["iters"]:
         echo(
             f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {out}"
         )
         return {"step": step, "adapter_path": str(out), "interrupted": True}
-    echo(f"done: {step} iterations in {_hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
+    echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
     return {"step": step, "adapter_path": str(out), "interrupted": False}
 
 
@@ -487,11 +436,6 @@ def _plot(out, metrics):
         out / "loss.png",
         title=f"SFT {out}",
     )
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # ----------------------------------------------------------------------------
