@@ -1,20 +1,619 @@
-"""GRPO refinement on top of the SFT adapter - NOT IMPLEMENTED YET (issue #6).
+"""GRPO on top of the SFT adapter, with reward.py as the reward.
 
-python grpo.py --steps 200
-python grpo.py --eval-only --adapter adapters/grpo
+    python grpo.py --steps 200                       # adapters/sft -> adapters/grpo (best: adapters/grpo/best)
+    python grpo.py --config configs/grpo.yaml --beta 0.04 --group-size 4
+    python grpo.py --resume                          # continue adapters/grpo from its latest checkpoint
+    python grpo.py --eval-only [--adapter A]         # evaluate an adapter on evals/queries.txt (eval.py's code)
+
+The algorithm, one step:
+  1. Take B prompts: queries of the training split (the SFT validation split is held out for
+     model selection), reshuffled every epoch with --seed.
+  2. Sample G completions per prompt from the current policy: base + fused SFT adapter + a fresh
+     small GRPO LoRA (rank 4, q/v projections). Each prompt is prefilled once and its KV cache is
+     shared by its G samples in mlx-lm's batched generator.
+  3. Reward every completion with reward.py; advantage A = (r - mean_group) / (std_group + 1e-4).
+     A group whose rewards are all equal carries no signal and is skipped entirely.
+  4. `updates_per_batch` optimizer steps on the batch. Per completion token:
+        ratio = exp(logp - logp_rollout)
+        loss  = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + beta * k3
+        k3    = exp(logp_ref - logp) - (logp_ref - logp) - 1          (KL to the SFT model)
+     averaged over all completion tokens of the batch (token-level, as in DAPO/Dr. GRPO).
+     logp_ref comes from the same weights with the GRPO LoRA switched off (its scale set to 0):
+     no second model in memory.
+Simplifications, stated: the policy is the model's untempered distribution while rollouts may be
+sampled with temperature/top-p/top-k (keep temperature 1.0 for strictly on-policy samples);
+logp_rollout is recomputed with a forward pass on the rollout weights instead of taken from the
+generator, so the ratio is exactly 1 on the first update; log-probs are computed group by group on
+right-padded prompt+completion rows (mlx-lm models take no attention mask; causal attention keeps
+padding after a row's end from touching it), in float32, from gathered logits minus logsumexp, so
+no (tokens x vocabulary) log-softmax is materialised.
+
+Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation every `eval_every`
+steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
+of recent rollouts falls below `drift_min_format`. Checkpoints are atomic; --resume; Ctrl-C saves
+and exits; a NaN/inf loss stops with a message and the best adapter kept.
 """
 
-import sys
+import runtime
 
-import click
+runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux
+
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import deque  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+import data as data_mod  # noqa: E402
+import reward  # noqa: E402
+
+GRPO_DEFAULTS = {
+    "model": None,  # base model; default: the one the SFT adapter was trained on
+    "sft_adapter": "adapters/sft",
+    "adapter_path": "adapters/grpo",
+    "data": "data",
+    "valid_fraction": 0.05,  # must match SFT's so held-out queries stay held out
+    "split_seed": 0,
+    "steps": 200,
+    "batch_size": 4,  # prompts per step
+    "group_size": 4,  # completions per prompt
+    "updates_per_batch": 2,  # optimizer steps per rollout batch (>1 makes the PPO clip matter)
+    "learning_rate": 5e-6,
+    "warmup_steps": 10,
+    "max_grad_norm": 1.0,
+    "beta": 0.04,
+    "clip_eps": 0.2,
+    "rank": 4,
+    "alpha": 8,
+    "dropout": 0.0,
+    "num_layers": -1,
+    "lora_keys": ["self_attn.q_proj", "self_attn.v_proj"],
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "max_completion_tokens": 200,
+    "eval_every": 25,
+    "eval_queries": 32,  # held-out (validation split) queries scored greedily at each evaluation
+    "eval_max_tokens": 200,
+    "drift_window": 10,
+    "drift_min_format": 0.7,
+    "save_every": 25,
+    "keep_checkpoints": 2,
+    "seed": 0,
+}
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def cli():
-    """NOT IMPLEMENTED YET: the GRPO loop (group-relative advantages, KL to the SFT reference,
-    reward.py as the reward) is built by issue #6. This command only prints this notice and exits 2."""
-    click.echo("grpo.py is not implemented yet (issue #6).", err=True)
-    sys.exit(2)
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------
+# Model: base + fused SFT adapter + fresh GRPO LoRA; reference = GRPO LoRA switched off
+
+
+def build_policy(cfg):
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, tokenizer = runtime.load_model(cfg["model"], cfg["sft_adapter"])
+    runtime.fuse_lora(model)  # the SFT adapter becomes part of the frozen base
+    model.freeze()
+    n = len(model.layers)
+    num_layers = n if cfg["num_layers"] in (-1, None) else min(int(cfg["num_layers"]), n)
+    params = {
+        "rank": cfg["rank"],
+        "scale": cfg["alpha"] / cfg["rank"],
+        "dropout": cfg["dropout"],
+        "keys": list(cfg["lora_keys"]),
+    }
+    linear_to_lora_layers(model, num_layers, params)
+    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    if n_trainable == 0:
+        raise runtime.ModelError(f"no GRPO LoRA layers were created: none of {cfg['lora_keys']} exist in the model")
+    model.eval()  # no dropout in rollouts or log-prob passes
+    return model, tokenizer, num_layers, params
+
+
+@contextmanager
+def lora_off(model):
+    """The reference policy: every LoRA layer's contribution scaled to exactly zero."""
+    layers = [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+    saved = [m.scale for m in layers]
+    for m in layers:
+        m.scale = 0.0
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, saved):
+            m.scale = s
+
+
+# ----------------------------------------------------------------------------
+# Rollouts: each prompt prefilled once, its KV cache shared by its G samples
+
+
+def rollout(model, tokenizer, prompts, group_size, max_tokens, sampler):
+    """Sample `group_size` completions per prompt (token-id lists).
+
+    Returns [[(completion_ids, finished)] * G] * B; completion_ids include the end-of-turn token
+    when the model stopped by itself (finished=True) and are cut at max_tokens otherwise.
+    """
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.models.cache import make_prompt_cache
+
+    caches = []
+    for p in prompts:
+        cache = make_prompt_cache(model)
+        model(mx.array(p[:-1])[None], cache=cache)  # prefill all but the last prompt token
+        mx.eval([c.state for c in cache])
+        caches.append(cache)
+    n = len(prompts) * group_size
+    gen = BatchGenerator(
+        model,
+        max_tokens=max_tokens,
+        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+        sampler=sampler,
+        completion_batch_size=n,
+        prefill_batch_size=n,
+    )
+    uids = gen.insert(
+        [[p[-1]] for p in prompts for _ in range(group_size)],
+        caches=[caches[i] for i in range(len(prompts)) for _ in range(group_size)],
+    )
+    tokens = {u: [] for u in uids}
+    finished = {}
+    while responses := gen.next_generated():
+        for r in responses:
+            tokens[r.uid].append(r.token)  # the stop token too: the policy must learn to stop
+            if r.finish_reason is not None:
+                finished[r.uid] = r.finish_reason == "stop"
+    gen.close()
+    flat = [(tokens[u], finished.get(u, False)) for u in uids]
+    return [flat[i * group_size : (i + 1) * group_size] for i in range(len(prompts))]
+
+
+def group_advantages(rewards, eps: float = 1e-4):
+    """(r - mean) / (std + eps) per group; all-equal groups get all-zero advantages."""
+    import numpy as np
+
+    r = np.asarray(rewards, dtype=np.float64)
+    std = r.std()
+    if std < 1e-8:
+        return np.zeros_like(r)
+    return (r - r.mean()) / (std + eps)
+
+
+# ----------------------------------------------------------------------------
+# Log-probs and the loss
+
+
+def _head(model, h):
+    """Project hidden states to logits with the model's output layer (tied or not)."""
+    if hasattr(model, "lm_head"):
+        return model.lm_head(h)
+    return model.model.embed_tokens.as_linear(h)
+
+
+def group_batch(prompt, completions):
+    """Right-padded (G, P + C) token rows for one group, and the (G, C) completion mask."""
+    import mlx.core as mx
+    import numpy as np
+
+    P, C = len(prompt), max(len(c) for c in completions)
+    rows = np.zeros((len(completions), P + C), np.int32)
+    mask = np.zeros((len(completions), C), np.float32)
+    for i, c in enumerate(completions):
+        rows[i, :P] = prompt
+        rows[i, P : P + len(c)] = c
+        mask[i, : len(c)] = 1.0
+    return mx.array(rows), mx.array(mask), P
+
+
+def completion_logprobs(model, rows, prompt_len):
+    """log p(token) for every completion position: (G, C) float32.
+
+    Only positions P-1 .. end-1 (those that predict completion tokens) go through the output layer,
+    and the log-prob is the gathered logit minus logsumexp: no (G, C, V) log-softmax is built.
+    """
+    import mlx.core as mx
+
+    h = model.model(rows[:, :-1])[:, prompt_len - 1 :]  # (G, C, hidden)
+    logits = _head(model, h).astype(mx.float32)  # (G, C, V)
+    targets = rows[:, prompt_len:]  # (G, C)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - mx.logsumexp(logits, axis=-1)
+
+
+def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps):
+    """Per-token clipped policy-gradient loss + beta * k3 KL, masked. Shapes (G, C); adv (G,)."""
+    import mlx.core as mx
+
+    ratio = mx.exp(logp - old_logp)
+    a = adv[:, None]
+    pg = -mx.minimum(ratio * a, mx.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a)
+    d = ref_logp - logp
+    kl = mx.exp(d) - d - 1.0
+    clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps)).astype(mx.float32)
+    return (pg + beta * kl) * mask, kl * mask, clipped * mask
+
+
+# ----------------------------------------------------------------------------
+# The run
+
+
+def load_prompts(cfg):
+    """(train queries for rollouts, held-out queries for evaluation) from the SFT data split."""
+    folder = Path(cfg["data"])
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if (folder / "train.jsonl").exists():
+        train = data_mod.load_examples([folder / "train.jsonl"])
+        valid = data_mod.load_examples([folder / "valid.jsonl"]) if (folder / "valid.jsonl").exists() else []
+    elif files:
+        unique, _ = data_mod.dedupe(data_mod.load_examples(files))
+        train, valid = data_mod.split(unique, cfg["valid_fraction"], cfg["split_seed"])
+    else:
+        raise data_mod.DataError([f"{folder}: no *.jsonl files"])
+    return [e.query for e in train], [(e.query, e.category) for e in valid]
+
+
+def prompts_for_step(queries, step, batch_size, seed):
+    """The step's B queries: a pure function of (seed, step), reshuffled each epoch."""
+    import numpy as np
+
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(k, len(queries))
+        order = np.random.default_rng([seed, epoch]).permutation(len(queries))
+        out.append(queries[order[i]])
+    return out
+
+
+def save_adapter_folder(folder: Path, model, cfg, num_layers, params, extra=None):
+    from mlx.utils import tree_flatten
+
+    folder.mkdir(parents=True, exist_ok=True)
+    runtime.save_safetensors_atomic(folder / "adapters.safetensors", dict(tree_flatten(model.trainable_parameters())))
+    runtime.atomic_write_json(folder / "adapter_config.json", adapter_config(cfg, num_layers, params, extra))
+
+
+def adapter_config(cfg, num_layers, params, extra=None) -> dict:
+    """mlx-lm's adapter keys, plus `parent_adapter` (the SFT adapter this LoRA sits on)."""
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": params,
+        "base_model": cfg["model"],
+        "parent_adapter": str(Path(cfg["sft_adapter"]).resolve()),
+        "train_config": cfg,
+        **(extra or {}),
+    }
+
+
+def default_scorer(query: str, text: str) -> tuple:
+    """(reward in [0, 1], format-valid) from reward.py: the single source of truth."""
+    s = reward.score(query, text)
+    return s.reward, s.format_valid
+
+
+def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scorer) -> dict:
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm.sample_utils import make_sampler
+
+    import eval as ev
+    from prompt import prompt_ids
+
+    if cfg["updates_per_batch"] < 1 or cfg["group_size"] < 2 or cfg["batch_size"] < 1:
+        raise runtime.ConfigError("need updates_per_batch >= 1, group_size >= 2 and batch_size >= 1")
+    sft_cfg_file = Path(cfg["sft_adapter"]) / "adapter_config.json"
+    if not sft_cfg_file.exists():
+        raise runtime.ModelError(
+            f"{cfg['sft_adapter']}: no SFT adapter here (train one with `python train.py sft`, or pass --sft-adapter)"
+        )
+    if cfg["model"] is None:
+        cfg = {**cfg, "model": json.loads(sft_cfg_file.read_text()).get("base_model")}
+    out = Path(cfg["adapter_path"])
+    existing = runtime.latest_checkpoint(out) if out.exists() else None
+    if existing and not resume and not overwrite:
+        raise runtime.ConfigError(
+            f"{out} already holds a run ({existing.name}). Use --resume to continue it or --overwrite to start over."
+        )
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+
+    train_q, heldout = load_prompts(cfg)
+    if len(train_q) < cfg["batch_size"]:
+        raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
+    heldout = heldout[: cfg["eval_queries"]]
+    mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
+    model, tokenizer, num_layers, params = build_policy(cfg)
+
+    def lr_schedule(step):
+        w = cfg["warmup_steps"]
+        return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(w, 1))
+
+    optimizer = optim.Adam(learning_rate=lr_schedule)
+    start, best = 0, {"score": -1.0, "step": None}
+    if resume and existing:
+        state = runtime.load_checkpoint(existing, model, optimizer)
+        start, best = state["step"], state.get("best", best)
+        echo(f"resuming {out} from {existing.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers, params))
+    runtime.save_config(out, cfg)
+    metrics = runtime.MetricsLog(out / "metrics.jsonl")
+    metrics.truncate_after(start)
+    sampler = make_sampler(temp=cfg["temperature"], top_p=cfg["top_p"] if cfg["top_p"] < 1 else 0.0, top_k=cfg["top_k"])
+    loss_and_grad = nn.value_and_grad(
+        model, lambda m, rows, P, old, ref, adv, mask, n: _group_objective(m, rows, P, old, ref, adv, mask, n, cfg)
+    )
+    echo(
+        f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | LoRA rank {cfg['rank']} on {params['keys']} | "
+        f"{len(train_q)} prompts, {len(heldout)} held-out | B={cfg['batch_size']} G={cfg['group_size']} beta={cfg['beta']}"
+    )
+
+    def evaluate_now(step):
+        result = ev.evaluate(model, tokenizer, heldout, cfg["eval_max_tokens"], batch_size=16)
+        s = result["summary"]
+        metrics.log({"step": step, "eval_score": s["average"], "eval_format_valid": s["format_valid_rate"]})
+        improved = s["average"] > best["score"]
+        if improved:
+            best.update(score=s["average"], step=step)
+            save_adapter_folder(
+                out / "best", model, cfg, num_layers, params, {"heldout_score": s["average"], "step": step}
+            )
+        echo(
+            f"step {step:4d} | held-out score {100 * s['average']:.1f}% | format-valid {100 * s['format_valid_rate']:.0f}%"
+            + (" | new best" if improved else "")
+        )
+        return s
+
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        echo("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    formats = deque(maxlen=cfg["drift_window"])
+    t_start, step, stop_reason = time.perf_counter(), start, None
+    try:
+        if start == 0 and heldout:
+            evaluate_now(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
+        while step < cfg["steps"] and not interrupted["flag"]:
+            t0 = time.perf_counter()
+            mx.random.seed(cfg["seed"] * 100003 + step)
+            queries = prompts_for_step(train_q, step, cfg["batch_size"], cfg["seed"])
+            prompts = [prompt_ids(tokenizer, q) for q in queries]
+            groups = rollout(model, tokenizer, prompts, cfg["group_size"], cfg["max_completion_tokens"], sampler)
+            t_roll = time.perf_counter() - t0
+
+            # -- rewards and advantages
+            eos = set(tokenizer.eos_token_ids)
+            rewards, valid, lengths, truncated, work = [], [], [], [], []
+            for q, p, group in zip(queries, prompts, groups):
+                texts = [tokenizer.decode([t for t in ids if t not in eos]) for ids, _ in group]
+                scored = [scorer(q, t) for t in texts]
+                r = [x for x, _ in scored]
+                rewards += r
+                valid += [ok for _, ok in scored]
+                lengths += [len(ids) for ids, _ in group]
+                truncated += [not fin for _, fin in group]
+                adv = group_advantages(r)
+                if np.any(adv != 0):
+                    work.append((p, [ids for ids, _ in group], adv))
+            n_tokens = sum(sum(len(c) for c in comps) for _, comps, _ in work)
+
+            # -- reference and rollout log-probs (no gradients), then the updates
+            prepared = []
+            for p, comps, adv in work:
+                rows, mask, P = group_batch(p, comps)
+                with lora_off(model):
+                    ref = mx.stop_gradient(completion_logprobs(model, rows, P))
+                old = mx.stop_gradient(completion_logprobs(model, rows, P))
+                mx.eval(ref, old)
+                prepared.append((rows, mask, P, old, ref, mx.array(adv, dtype=mx.float32)))
+            kl_sum = clip_sum = loss_sum = 0.0
+            for _ in range(cfg["updates_per_batch"] if prepared else 0):
+                grads, kl_sum, clip_sum, loss_sum = None, 0.0, 0.0, 0.0
+                for rows, mask, P, old, ref, adv in prepared:
+                    (loss, (kl, clipped)), g = loss_and_grad(model, rows, P, old, ref, adv, mask, n_tokens)
+                    grads = g if grads is None else _tree_add(grads, g)
+                    mx.eval(grads, loss, kl, clipped)
+                    loss_sum += loss.item()
+                    kl_sum += kl.item()
+                    clip_sum += clipped.item()
+                if not math.isfinite(loss_sum):
+                    raise TrainingDiverged(f"loss is {loss_sum} at step {step + 1}")
+                grads, _ = optim.clip_grad_norm(grads, cfg["max_grad_norm"])
+                optimizer.update(model, grads)
+                mx.eval(model.trainable_parameters(), optimizer.state)
+            step += 1
+
+            # -- report
+            dt = time.perf_counter() - t0
+            gen_tokens = sum(lengths)
+            rec = {
+                "step": step,
+                "reward_mean": round(float(np.mean(rewards)), 4),
+                "reward_std": round(float(np.std(rewards)), 4),
+                "format_valid": round(float(np.mean(valid)), 4),
+                "zero_variance_groups": round(1 - len(work) / len(groups), 3),
+                "kl": round(kl_sum / max(n_tokens, 1), 6),
+                "clip_ratio": round(clip_sum / max(n_tokens, 1), 4),
+                "loss": round(loss_sum, 6),
+                "completion_len_mean": round(float(np.mean(lengths)), 1),
+                "completion_len_max": int(max(lengths)),
+                "truncated": round(float(np.mean(truncated)), 3),
+                "tokens_per_sec": round(gen_tokens / max(t_roll, 1e-9), 1),
+                "rollout_s": round(t_roll, 2),
+                "step_s": round(dt, 2),
+                "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
+                "learning_rate": float(lr_schedule(step - 1)),
+            }
+            eta = (time.perf_counter() - t_start) / (step - start) * (cfg["steps"] - step)
+            rec["eta_s"] = round(eta, 1)
+            metrics.log(rec)
+            echo(
+                f"step {step:4d}/{cfg['steps']} | reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} | "
+                f"format {100 * rec['format_valid']:.0f}% | zero-var {100 * rec['zero_variance_groups']:.0f}% | "
+                f"kl {rec['kl']:.5f} | clip {100 * rec['clip_ratio']:.1f}% | len {rec['completion_len_mean']:.0f}/{rec['completion_len_max']} "
+                f"trunc {100 * rec['truncated']:.0f}% | {rec['tokens_per_sec']:.0f} tok/s | {dt:.1f}s | "
+                f"{rec['peak_memory_gb']:.2f} GB | ETA {runtime.hms(eta)}"
+            )
+
+            formats.append(rec["format_valid"])
+            if len(formats) == formats.maxlen and np.mean(formats) < cfg["drift_min_format"]:
+                stop_reason = (
+                    f"drift guard: format-valid rate over the last {len(formats)} steps is {100 * np.mean(formats):.0f}% "
+                    f"(< {100 * cfg['drift_min_format']:.0f}%). Stopping; the best adapter is kept. Try a larger --beta or a lower --learning-rate."
+                )
+                break
+            if heldout and (step % cfg["eval_every"] == 0 or step == cfg["steps"]):
+                evaluate_now(step)
+            if step % cfg["save_every"] == 0 or step == cfg["steps"]:
+                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+                _plot(out, metrics)
+    except TrainingDiverged as exc:
+        _plot(out, metrics)
+        raise TrainingDiverged(
+            f"{exc}: training stopped; the best adapter (step {best['step']}) is kept in {out / 'best'}"
+        ) from None
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+
+    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+    _plot(out, metrics)
+    if stop_reason:
+        echo(stop_reason)
+    elif interrupted["flag"] and step < cfg["steps"]:
+        echo(f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {out}")
+    else:
+        echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - t_start)}")
+    if best["step"] is not None:
+        echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
+    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": interrupted["flag"]}
+
+
+def _group_objective(model, rows, P, old, ref, adv, mask, n_tokens, cfg):
+    import mlx.core as mx
+
+    logp = completion_logprobs(model, rows, P)
+    per_tok, kl, clipped = grpo_token_loss(logp, old, ref, adv, mask, cfg["beta"], cfg["clip_eps"])
+    # this group's share of the batch mean over completion tokens
+    return per_tok.sum() / n_tokens, (mx.stop_gradient(kl.sum()), mx.stop_gradient(clipped.sum()))
+
+
+def _tree_add(a, b):
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x, y: x + y, a, b)
+
+
+def _plot(out, metrics):
+    runtime.plot_metrics(
+        metrics.read(),
+        [
+            ("reward", ["reward_mean", "eval_score"]),
+            ("KL to SFT", ["kl"]),
+            ("format-valid", ["format_valid", "eval_format_valid"]),
+        ],
+        out / "grpo.png",
+        title=f"GRPO {out}",
+    )
+
+
+# ----------------------------------------------------------------------------
+# CLI
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(),
+    default=str(Path(__file__).parent / "configs" / "grpo.yaml"),
+    show_default="configs/grpo.yaml",
+    help="YAML config; flags below override it.",
+)
+@click.option("--model", help="Base model (default: the SFT adapter's base model).")
+@click.option("--sft-adapter", help="SFT adapter folder the GRPO LoRA is trained on top of.")
+@click.option("--adapter-path", help="Output folder (adapters, checkpoints, best/, metrics, plot).")
+@click.option("--data", help="Training data folder (same as for SFT; its validation split is the held-out set).")
+@click.option("--steps", type=int, help="GRPO steps (rollout batches).")
+@click.option("--batch-size", type=int, help="Prompts per step (B).")
+@click.option("--group-size", type=int, help="Completions per prompt (G).")
+@click.option("--updates-per-batch", type=int, help="Optimizer steps per rollout batch (>= 1).")
+@click.option("--learning-rate", type=float, help="Adam learning rate.")
+@click.option("--beta", type=float, help="KL coefficient against the SFT reference (0 disables; drifts).")
+@click.option("--clip-eps", type=float, help="PPO clip range for the probability ratio.")
+@click.option("--rank", type=int, help="GRPO LoRA rank.")
+@click.option("--alpha", type=float, help="GRPO LoRA alpha (scale = alpha / rank).")
+@click.option("--temperature", type=float, help="Rollout sampling temperature.")
+@click.option("--top-p", type=float, help="Rollout nucleus sampling (1 = off).")
+@click.option("--top-k", type=int, help="Rollout top-k sampling (0 = off).")
+@click.option("--max-completion-tokens", type=int, help="Cap on tokens per sampled completion.")
+@click.option("--eval-every", type=int, help="Steps between held-out evaluations.")
+@click.option("--eval-queries", type=int, help="Held-out queries per evaluation.")
+@click.option("--drift-min-format", type=float, help="Stop when the recent format-valid rate falls below this.")
+@click.option("--save-every", type=int, help="Steps between checkpoints.")
+@click.option("--seed", type=int, help="Seed for prompt order and sampling.")
+@click.option("--resume", is_flag=True, help="Continue the run in --adapter-path from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start over in an --adapter-path that already holds a run.")
+@click.option("--eval-only", is_flag=True, help="Only evaluate --adapter on --queries with eval.py's code.")
+@click.option(
+    "--adapter",
+    "eval_adapter",
+    type=click.Path(),
+    help="With --eval-only: adapter to evaluate (default: <adapter-path>/best, else <adapter-path>).",
+)
+@click.option("--queries", type=click.Path(), help="With --eval-only: query file (default evals/queries.txt).")
+@click.option("--output", "-o", type=click.Path(), help="With --eval-only: write scores as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="With --eval-only: show every output and deduction.")
+def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output, verbose, **flags):
+    """GRPO on top of the SFT adapter (reward: reward.py; KL to the SFT model)."""
+    try:
+        cfg = runtime.load_config(config_path, GRPO_DEFAULTS, flags)
+        if eval_only:
+            return _eval_only(cfg, eval_adapter, queries, output, verbose)
+        run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+    except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except TrainingDiverged as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+
+
+def _eval_only(cfg, adapter, queries, output, verbose):
+    import eval as ev
+
+    if adapter is None:
+        out = Path(cfg["adapter_path"])
+        adapter = out / "best" if (out / "best" / "adapter_config.json").exists() else out
+    chain = runtime.adapter_chain(adapter)
+    model_name = cfg["model"] or json.loads((chain[0] / "adapter_config.json").read_text()).get("base_model")
+    if not model_name:
+        raise runtime.ModelError(f"{chain[0]}: adapter_config.json does not name its base model; pass --model")
+    model, tokenizer = runtime.load_model(model_name, adapter)
+    qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
+    result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"])
+    result["config"] = {"model": model_name, "adapter": str(adapter)}
+    click.echo(ev.format_report(result, verbose, title=f"== {adapter} =="))
+    if output:
+        runtime.atomic_write_json(output, result)
+        click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,199 @@
+"""grpo.py: advantages, KL, the clipped objective, shared-prefill rollouts, a real run, resume, --eval-only."""
+
+import hashlib
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import grpo
+import runtime
+import train
+
+
+def test_advantages_are_group_relative_and_zero_for_equal_rewards():
+    assert np.all(grpo.group_advantages([0.5, 0.5, 0.5, 0.5]) == 0)
+    a = grpo.group_advantages([0.0, 1.0, 0.5, 0.5])
+    assert abs(a.mean()) < 1e-9 and abs(a.std() - 1.0) < 1e-3
+    assert a[1] > a[2] == a[3] > a[0]
+
+
+def test_clipped_objective_matches_hand_computation():
+    # one token per row: ratios e^0.5 (clipped from above for A>0) and e^-0.5 (clipped from below for A<0)
+    logp = mx.array([[0.5], [-0.5], [0.1]])
+    old = mx.zeros((3, 1))
+    ref = mx.zeros((3, 1))
+    adv = mx.array([1.0, -1.0, -2.0])
+    mask = mx.ones((3, 1))
+    per_tok, kl, clipped = grpo.grpo_token_loss(logp, old, ref, adv, mask, beta=0.1, clip_eps=0.2)
+    r = np.exp([0.5, -0.5, 0.1])
+    pg = [-min(r[0] * 1, 1.2 * 1), -min(r[1] * -1, 0.8 * -1), -min(r[2] * -2, 1.1052 * -2)]
+    k3 = [np.exp(-x) + x - 1 for x in (0.5, -0.5, 0.1)]
+    expected = [pg[i] + 0.1 * k3[i] for i in range(3)]
+    assert np.allclose(np.array(per_tok)[:, 0], expected, atol=1e-4)
+    assert np.array(clipped)[:, 0].tolist() == [1.0, 1.0, 0.0]
+    assert np.allclose(np.array(kl)[:, 0], k3, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_model_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    data = root / "data"
+    data.mkdir()
+    rows = []
+    for i in range(40):
+        out = [["lex", f"auth config {i}"], ["vec", f"where is auth config {i} stored"]]
+        rows.append(json.dumps({"query": f"auth config {i}", "output": out}))
+    (data / "d.jsonl").write_text("\n".join(rows) + "\n")
+    result = CliRunner().invoke(
+        train.cli,
+        ["sft", "--model", str(tiny_model_path), "--data", str(data), "--adapter-path", str(root / "sft"), "--iters", "2",
+         "--batch-size", "2", "--grad-accumulation-steps", "1", "--steps-per-report", "1", "--steps-per-eval", "100",
+         "--max-seq-length", "128", "--rank", "4"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def policy_cfg(root, **kw):
+    cfg = dict(grpo.GRPO_DEFAULTS)
+    cfg.update(
+        model=None, sft_adapter=str(root / "sft"), adapter_path=str(root / "grpo"), data=str(root / "data"),
+        steps=2, batch_size=2, group_size=3, max_completion_tokens=8, eval_every=1000, eval_queries=2,
+        eval_max_tokens=8, save_every=1, learning_rate=1e-2, warmup_steps=0, updates_per_batch=2,
+    )  # fmt: skip
+    cfg.update(kw)
+    cfg["model"] = json.loads((root / "sft" / "adapter_config.json").read_text())["base_model"]
+    return cfg
+
+
+def test_kl_is_exactly_zero_at_init_and_when_lora_is_off(sft_adapter):
+    cfg = policy_cfg(sft_adapter)
+    model, tok, _, _ = grpo.build_policy(cfg)
+    from prompt import prompt_ids
+
+    p = prompt_ids(tok, "auth config 3")
+    rows, mask, P = grpo.group_batch(p, [[1, 2, 3], [4, 5]])
+    logp = grpo.completion_logprobs(model, rows, P)
+    with grpo.lora_off(model):
+        ref = grpo.completion_logprobs(model, rows, P)
+    _, kl, _ = grpo.grpo_token_loss(logp, logp, ref, mx.array([1.0, -1.0]), mask, 0.04, 0.2)
+    assert mx.array_equal(logp, ref).item() and float(kl.sum()) == 0.0  # fresh LoRA: lora_b == 0
+    # move the GRPO LoRA: the policy changes, the reference (LoRA off) does not
+    for _, m in model.named_modules():
+        if hasattr(m, "lora_b"):
+            m.lora_b = mx.ones_like(m.lora_b) * 0.05
+    moved = grpo.completion_logprobs(model, rows, P)
+    with grpo.lora_off(model):
+        ref2 = grpo.completion_logprobs(model, rows, P)
+    assert not mx.allclose(moved, ref).item()
+    assert mx.array_equal(ref2, ref).item()
+    _, kl2, _ = grpo.grpo_token_loss(moved, moved, ref2, mx.array([1.0, -1.0]), mask, 0.04, 0.2)
+    assert float(kl2.sum()) > 0
+
+
+def test_shared_prefill_rollouts_match_plain_generation(sft_adapter):
+    from mlx_lm.sample_utils import make_sampler
+
+    import eval as ev
+    from prompt import prompt_ids
+
+    model, tok, _, _ = grpo.build_policy(policy_cfg(sft_adapter))
+    queries = ["auth config 1", "something else entirely"]
+    groups = grpo.rollout(model, tok, [prompt_ids(tok, q) for q in queries], 2, 6, make_sampler(temp=0.0))
+    texts, _ = ev.generate_batch(model, tok, queries, max_tokens=6, batch_size=2)
+    for group, text in zip(groups, texts):
+        (a, _), (b, _) = group
+        assert a == b  # greedy: both samples of a group agree
+        assert tok.decode([t for t in a if t not in tok.eos_token_ids]) == text
+
+
+def _scorer(query, text):
+    # a deterministic reward with variance within groups, so the update path runs
+    return (len(text) % 5) / 4, True
+
+
+@pytest.mark.slow
+def test_two_step_run_trains_only_the_grpo_lora_and_resumes(sft_adapter):
+    sft_file = sft_adapter / "sft" / "adapters.safetensors"
+    sft_hash = hashlib.sha256(sft_file.read_bytes()).hexdigest()
+    logs = []
+    cfg = policy_cfg(sft_adapter, adapter_path=str(sft_adapter / "straight"), steps=3)
+    grpo.run_grpo(cfg, echo=logs.append, scorer=_scorer)
+    out = sft_adapter / "straight"
+    weights = mx.load(str(out / "adapters.safetensors"))
+    assert weights and all(k.endswith(("lora_a", "lora_b")) for k in weights)
+    assert all(".q_proj." in k or ".v_proj." in k for k in weights)
+    assert any(float(mx.abs(v).max()) > 0 for k, v in weights.items() if k.endswith("lora_b"))
+    assert hashlib.sha256(sft_file.read_bytes()).hexdigest() == sft_hash
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "reward_mean" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for key in [
+        "reward_mean",
+        "reward_std",
+        "format_valid",
+        "zero_variance_groups",
+        "kl",
+        "clip_ratio",
+        "completion_len_mean",
+        "completion_len_max",
+        "truncated",
+        "tokens_per_sec",
+        "step_s",
+        "peak_memory_gb",
+        "eta_s",
+    ]:
+        assert key in steps[-1], key  # fmt: skip
+    assert (out / "grpo.png").exists() and (out / "config.yaml").exists()
+    assert any("step    1/3 | reward" in line for line in logs)
+
+    # 2 steps, then --resume to 3: the same adapter as 3 steps in one go
+    half = policy_cfg(sft_adapter, adapter_path=str(sft_adapter / "half"), steps=2)
+    grpo.run_grpo(half, echo=lambda s: None, scorer=_scorer)
+    logs2 = []
+    grpo.run_grpo({**half, "steps": 3}, resume=True, echo=logs2.append, scorer=_scorer)
+    assert any("resuming" in line for line in logs2)
+    resumed = mx.load(str(sft_adapter / "half" / "adapters.safetensors"))
+    for k in weights:
+        assert mx.allclose(weights[k], resumed[k], atol=1e-6).item(), k
+
+
+@pytest.mark.slow
+def test_drift_guard_stops_the_run(sft_adapter):
+    cfg = policy_cfg(
+        sft_adapter, adapter_path=str(sft_adapter / "drift"), steps=5, drift_window=2, drift_min_format=0.5
+    )
+    logs = []
+    result = grpo.run_grpo(cfg, echo=logs.append, scorer=lambda q, t: ((len(t) % 3) / 2, False))
+    assert result["stopped"] and "drift guard" in result["stopped"] and result["step"] == 2
+
+
+def test_eval_only_reports_with_eval_py(sft_adapter, tiny_model_path):
+    q = sft_adapter / "q.txt"
+    q.write_text("# category: short\nauth config\nwebhooks\n")
+    out = sft_adapter / "scores.json"
+    result = CliRunner().invoke(
+        grpo.cli, ["--eval-only", "--adapter", str(sft_adapter / "sft"), "--queries", str(q), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "per category:" in result.output and "format-valid" in result.output
+    assert json.loads(out.read_text())["summary"]["queries"] == 2
+
+
+def test_missing_sft_adapter_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(
+        grpo.cli, ["--sft-adapter", str(tmp_path / "none"), "--adapter-path", str(tmp_path / "g")]
+    )
+    assert result.exit_code == 2 and "no SFT adapter here" in result.output
+
+
+def test_stacked_adapter_loads_through_runtime(sft_adapter):
+    cfg = policy_cfg(sft_adapter, adapter_path=str(sft_adapter / "stack"), steps=1)
+    grpo.run_grpo(cfg, echo=lambda s: None, scorer=_scorer)
+    chain = runtime.adapter_chain(sft_adapter / "stack")
+    assert [p.name for p in chain] == ["sft", "stack"]
+    model, _ = runtime.load_model(cfg["model"], sft_adapter / "stack")
+    assert any(hasattr(m, "lora_a") for _, m in model.named_modules())
