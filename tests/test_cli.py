@@ -14,7 +14,7 @@ def test_help_works(script):
     assert "Usage:" in result.output
 
 
-@pytest.mark.parametrize("script, args", [("grpo", []), ("convert", [])])
+@pytest.mark.parametrize("script, args", [("convert", [])])
 def test_stubs_say_they_are_not_implemented(script, args):
     mod = importlib.import_module(script)
     help_text = CliRunner().invoke(mod.cli, [*args, "--help"]).output
