@@ -194,13 +194,6 @@ def group_advantages(rewards, eps: float = 1e-4):
 # Log-probs and the loss
 
 
-def _head(model, h):
-    """Project hidden states to logits with the model's output layer (tied or not)."""
-    if hasattr(model, "lm_head"):
-        return model.lm_head(h)
-    return model.model.embed_tokens.as_linear(h)
-
-
 def group_batch(prompt, completions):
     """Right-padded (G, P + C) token rows for one group, and the (G, C) completion mask."""
     import mlx.core as mx
@@ -225,7 +218,7 @@ def completion_logprobs(model, rows, prompt_len):
     import mlx.core as mx
 
     h = model.model(rows[:, :-1])[:, prompt_len - 1 :]  # (G, C, hidden)
-    logits = _head(model, h).astype(mx.float32)  # (G, C, V)
+    logits = runtime.output_logits(model, h).astype(mx.float32)  # (G, C, V)
     targets = rows[:, prompt_len:]  # (G, C)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return picked - mx.logsumexp(logits, axis=-1)

@@ -300,6 +300,14 @@ def load_model(model: str, adapter_path=None):
     return model_obj, tokenizer
 
 
+def output_logits(model, hidden):
+    """Project hidden states (..., hidden) to logits (..., V) with the model's output layer, tied or
+    not: lets training and GRPO apply it to the positions they need instead of all of them."""
+    if hasattr(model, "lm_head"):
+        return model.lm_head(hidden)
+    return model.model.embed_tokens.as_linear(hidden)
+
+
 def adapter_chain(adapter_path) -> list:
     """[root adapter, ..., adapter_path] following each adapter_config.json's `parent_adapter`."""
     chain, path = [], Path(adapter_path)

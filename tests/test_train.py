@@ -49,7 +49,7 @@ def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
 
     ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
     it = train.make_iterate_batches(seed=0)
-    batch, lengths = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
+    batch, lengths, positions = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
     assert batch.shape[1] - 1 == 16 * -(-(len(ids) - 1) // 16)  # inputs padded to a multiple of 16
     targets = batch[:, 1:]
     steps = mx.arange(1, targets.shape[1] + 1)
@@ -60,19 +60,41 @@ def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
         qwen_tokenizer.decode(picked) == "lex: auth config file\nvec: where is the auth configuration stored<|im_end|>"
     )
     assert "<think>" in qwen_tokenizer.decode(ids[:prompt_len])
+    # completion_loss's positions select the same targets
+    picked_too = [int(targets[0, p]) for p in positions[0].tolist() if p >= 0]
+    assert picked_too == picked
+
+
+def test_completion_loss_equals_mlx_lm_default_loss(tiny_model):
+    """Same value and gradients as mlx-lm's loss on a mixed-length batch, with the output layer
+    applied only at target positions."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.trainer import default_loss
+
+    model, tok = tiny_model
+    rows = [encode_example(tok, q, PAIRS) for q in ["auth config", "a much longer query about kubernetes ingress tls"]]
+    batch, lengths, positions = next(train.make_iterate_batches(seed=0)(rows, 2, 512, loop=True))
+    (ours, n_ours), g_ours = nn.value_and_grad(model, train.completion_loss)(model, batch, lengths, positions)
+    (ref, n_ref), g_ref = nn.value_and_grad(model, default_loss)(model, batch, lengths)
+    assert int(n_ours) == int(n_ref) == sum(len(ids) - p for ids, p in rows)
+    assert abs(float(ours) - float(ref)) < 1e-4 * abs(float(ref))
+    for (name, a), (_, b) in zip(tree_flatten(g_ours), tree_flatten(g_ref)):
+        assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), name
 
 
 def test_batches_are_length_buckets_and_order_is_a_function_of_seed():
     data = [([1] * n, 1) for n in [5, 50, 6, 51, 7, 52, 8, 53]]
     it = train.make_iterate_batches(seed=1)
     batches = [b for _, b in zip(range(8), it(data, 2, 512, loop=True))]
-    for _arr, lengths in batches:
+    for _arr, lengths, _pos in batches:
         lens = [n for _, n in lengths.tolist()]
         assert max(lens) - min(lens) <= 2  # similar lengths together
     again = [b for _, b in zip(range(8), train.make_iterate_batches(seed=1)(data, 2, 512, loop=True))]
-    assert [a.tolist() for a, _ in batches] == [a.tolist() for a, _ in again]
+    assert [a.tolist() for a, *_ in batches] == [a.tolist() for a, *_ in again]
     resumed = [b for _, b in zip(range(5), train.make_iterate_batches(seed=1, start_batch=3)(data, 2, 512, loop=True))]
-    assert [a.tolist() for a, _ in resumed] == [a.tolist() for a, _ in batches[3:]]
+    assert [a.tolist() for a, *_ in resumed] == [a.tolist() for a, *_ in batches[3:]]
 
 
 @pytest.mark.slow
