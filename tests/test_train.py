@@ -84,6 +84,17 @@ def test_completion_loss_equals_mlx_lm_default_loss(tiny_model):
         assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), name
 
 
+def test_positions_cover_every_target_at_padding_boundaries():
+    """Completions of 15-17 and 31-33 targets straddle the multiple-of-16 padding of positions."""
+    for targets in [1, 15, 16, 17, 31, 32, 33]:
+        prompt_len = 5
+        ids = list(range(1, prompt_len + targets + 1))
+        batch, lengths, positions = next(train.make_iterate_batches(seed=0)([(ids, prompt_len)] * 2, 2, 512, loop=True))
+        got = [p for p in positions[0].tolist() if p >= 0]
+        assert got == list(range(prompt_len - 1, prompt_len - 1 + targets)), targets
+        assert positions.shape[1] % 16 == 0
+
+
 def test_batches_are_length_buckets_and_order_is_a_function_of_seed():
     data = [([1] * n, 1) for n in [5, 50, 6, 51, 7, 52, 8, 53]]
     it = train.make_iterate_batches(seed=1)

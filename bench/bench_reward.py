@@ -1,0 +1,58 @@
+"""reward.py throughput: scores per second over the whole training data set.
+
+    python bench/bench_reward.py [--repeats 5] [--quick]
+
+Every example of data/*.jsonl is scored as a model output would be (its target rendered as
+`type: text` lines by prompt.render_target), one reward.score(query, text) call each. Two figures:
+  * cold: reward.py's per-query analysis cache is cleared before every pass, so each query is
+    analysed once per pass - the conservative number, reported as "ours";
+  * warm: the cache kept, as in GRPO where each query is scored G times per step.
+One warm-up pass first (excluded), then the median of --repeats passes. There is no third-party
+baseline: the target is an absolute 20,000 scores/s, and the ratio column is cold throughput / 20,000.
+"""
+
+import statistics
+import time
+
+import click
+import common
+
+
+@click.command()
+@click.option("--repeats", default=5, show_default=True, help="Timed passes over the data (median).")
+@click.option("--quick", is_flag=True, help="Smoke run: 300 examples, 2 passes.")
+def main(repeats, quick):
+    import data
+    import reward
+    from prompt import render_target
+
+    examples = data.load_examples()
+    if quick:
+        examples, repeats = examples[:300], 2
+    items = [(e.query, render_target(e.output)) for e in examples]
+
+    def one_pass(cold: bool) -> float:
+        if cold:
+            reward.analyze_query.cache_clear()
+        t = time.perf_counter()
+        for q, text in items:
+            reward.score(q, text)
+        return len(items) / (time.perf_counter() - t)
+
+    one_pass(cold=True)  # warm-up (imports, regex compilation), excluded
+    cold = statistics.median(one_pass(cold=True) for _ in range(repeats))
+    warm = statistics.median(one_pass(cold=False) for _ in range(repeats))
+    target = 20_000
+    common.record(
+        f"reward: reward.score over {len(items)} data examples",
+        f"{cold:,.0f} scores/s (warm query cache {warm:,.0f}/s)",
+        f"target {target:,}/s",
+        cold / target,
+        ">=1x",
+        f"cold query cache per pass; median of {repeats} passes after a warm-up pass; single process",
+        save=not quick,
+    )
+
+
+if __name__ == "__main__":
+    main()
