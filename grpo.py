@@ -408,22 +408,26 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
                     work.append((p, [ids for ids, _ in group], adv))
             n_tokens = sum(sum(len(c) for c in comps) for _, comps, _ in work)
 
-            # -- reference and rollout log-probs (no gradients), then the updates
+            # -- reference log-probs (no gradients), then the updates. The rollout policy's log-probs
+            # ("old") are not a separate pass: the first update runs with the rollout weights, so its
+            # own forward pass provides them (old=None below) and later updates reuse them.
             prepared = []
             for p, comps, adv in work:
                 rows, mask, P = group_batch(p, comps)
                 with lora_off(model):
                     ref = mx.stop_gradient(completion_logprobs(model, rows, P))
-                old = mx.stop_gradient(completion_logprobs(model, rows, P))
-                mx.eval(ref, old)
-                prepared.append((rows, mask, P, old, ref, mx.array(adv, dtype=mx.float32)))
+                mx.eval(ref)
+                prepared.append([rows, mask, P, None, ref, mx.array(adv, dtype=mx.float32)])
             kl_sum = clip_sum = loss_sum = 0.0
             for _ in range(cfg["updates_per_batch"] if prepared else 0):
                 grads, kl_sum, clip_sum, loss_sum = None, 0.0, 0.0, 0.0
-                for rows, mask, P, old, ref, adv in prepared:
-                    (loss, (kl, clipped)), g = loss_and_grad(model, rows, P, old, ref, adv, mask, n_tokens)
+                for item in prepared:
+                    rows, mask, P, old, ref, adv = item
+                    (loss, (kl, clipped, logp)), g = loss_and_grad(model, rows, P, old, ref, adv, mask, n_tokens)
+                    if old is None:
+                        item[3] = logp
                     grads = g if grads is None else _tree_add(grads, g)
-                    mx.eval(grads, loss, kl, clipped)
+                    mx.eval(grads, loss, kl, clipped, item[3])
                     loss_sum += loss.item()
                     kl_sum += kl.item()
                     clip_sum += clipped.item()
@@ -502,10 +506,14 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
 def _group_objective(model, rows, P, old, ref, adv, mask, n_tokens, cfg):
     import mlx.core as mx
 
+    """This group's share of the batch loss, and (KL sum, clipped-token count, log-probs). With
+    old=None the weights are the rollout's, so old = the log-probs of this very pass (ratio 1)."""
     logp = completion_logprobs(model, rows, P)
+    if old is None:
+        old = mx.stop_gradient(logp)
     per_tok, kl, clipped = grpo_token_loss(logp, old, ref, adv, mask, cfg["beta"], cfg["clip_eps"])
     # this group's share of the batch mean over completion tokens
-    return per_tok.sum() / n_tokens, (mx.stop_gradient(kl.sum()), mx.stop_gradient(clipped.sum()))
+    return per_tok.sum() / n_tokens, (mx.stop_gradient(kl.sum()), mx.stop_gradient(clipped.sum()), old)
 
 
 def _tree_add(a, b):
