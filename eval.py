@@ -7,10 +7,18 @@
     python eval.py --compare before.json after.json                          # two runs side by side
     python eval.py --score-only outputs.jsonl                                # score existing outputs
     python eval.py --interactive --model M --adapter A                       # type queries, see scores
+    python eval.py --gguf adapters/gguf/qmd-query-expansion-q8_0.gguf -o adapters/gguf/eval-q8_0.json
+                                                                # llama.cpp, QMD's grammar and sampling
 
 Generation goes through mlx-lm's batched generator (one prefill per batch of prompts, a shared
 decode loop) with the prompt contract from prompt.py, greedy unless a temperature is given.
 grpo.py uses `evaluate()` and `format_report()` from here, so every evaluation reads the same.
+
+`--gguf FILE` evaluates an exported GGUF (convert.py) through llama.cpp (llama-cpp-python) the way
+QMD runs it: the prompt rendered by the GGUF's own chat template, QMD's GBNF grammar (only
+`lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 0.5
+over 64 tokens, up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
+report as the MLX path. `--temp 0 --no-grammar` reproduces MLX's greedy decoding for comparisons.
 """
 
 from __future__ import annotations
@@ -95,6 +103,65 @@ def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
         )
         texts.append(text)
         gen_tokens += len(tokenizer.encode(text))
+    seconds = time.perf_counter() - t0
+    return texts, {
+        "seconds": seconds,
+        "generated_tokens": gen_tokens,
+        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Generation through llama.cpp: a GGUF from convert.py, under QMD's run-time conditions
+
+
+def load_gguf(path, n_ctx: int | None = None, seed: int = 0):
+    """A llama_cpp.Llama for `path` (CPU; the context size QMD uses unless given)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise runtime.ModelError(
+            "--gguf needs llama-cpp-python: pip install llama-cpp-python (requirements-dev.txt has it)"
+        ) from exc
+    import convert
+
+    try:
+        llm = Llama(model_path=str(path), n_ctx=n_ctx or convert.QMD_CONTEXT, seed=seed, verbose=False)
+    except ValueError as exc:  # llama-cpp-python raises ValueError when llama.cpp cannot load the file
+        raise runtime.ModelError(f"{path}: llama.cpp could not load this GGUF ({exc})") from exc
+    if not llm.metadata.get("tokenizer.chat_template"):
+        raise runtime.ModelError(f"{path}: no chat template in this GGUF; export it with convert.py")
+    return llm
+
+
+def generate_gguf(
+    llm, queries, max_tokens=600, temp=0.7, top_p=0.8, top_k=20, presence_penalty=0.5, grammar=True, seed=0
+):
+    """Expansions for `queries` from llama.cpp, one query at a time as QMD asks. Returns (texts, stats).
+
+    min_p is 0 and the repeat penalty 1 (llama-cpp-python's defaults differ) so that only QMD's
+    settings shape the distribution; the presence penalty covers the last 64 tokens (Llama's default
+    last_n_tokens_size, the same window QMD uses)."""
+    from llama_cpp import LlamaGrammar
+
+    import convert
+
+    texts, gen_tokens, t0 = [], 0, time.perf_counter()
+    for i, query in enumerate(queries):
+        out = llm.create_completion(
+            prompt=convert.gguf_prompt_ids(llm, query),
+            max_tokens=max_tokens,
+            temperature=temp,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            presence_penalty=presence_penalty,
+            grammar=LlamaGrammar.from_string(convert.QMD_GRAMMAR, verbose=False) if grammar else None,
+            seed=seed + i,
+        )
+        texts.append(out["choices"][0]["text"])
+        gen_tokens += out["usage"]["completion_tokens"]
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
@@ -229,7 +296,9 @@ def _fail(msg: str) -> None:
 
 
 @click.command()
-@click.option("--model", "model_path", help="Base model: a local MLX/HF folder, a Hub id or (later) a GGUF file.")
+@click.option(
+    "--model", "model_path", help="Base model: a local MLX/HF folder, a Hub id, a .gguf file or pkg:PACKAGE/FILE.gguf."
+)
 @click.option("--adapter", "adapter_path", type=click.Path(), help="LoRA adapter folder from train.py/grpo.py.")
 @click.option(
     "--queries",
@@ -262,6 +331,20 @@ def _fail(msg: str) -> None:
     help='Score a JSONL of {"query", "text"} without a model.',
 )
 @click.option("--interactive", is_flag=True, help="Type queries and see expansions with their score breakdown.")
+@click.option(
+    "--gguf",
+    "gguf_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Evaluate this GGUF (from convert.py) through llama.cpp as QMD runs it: its embedded chat template, "
+    "QMD's grammar and, unless given, QMD's sampling (--temp 0.7 --top-p 0.8 --top-k 20 --presence-penalty 0.5) "
+    "and --max-tokens 600. Replaces --model/--adapter.",
+)
+@click.option(
+    "--grammar/--no-grammar",
+    default=True,
+    show_default=True,
+    help="With --gguf: constrain output to QMD's `lex|vec|hyde: ...` lines (GBNF).",
+)
 def cli(
     model_path,
     adapter_path,
@@ -281,6 +364,8 @@ def cli(
     compare,
     score_only,
     interactive,
+    gguf_path,
+    grammar,
 ):
     """Generate expansions for test queries and score them with reward.py."""
     if compare:
@@ -294,8 +379,30 @@ def cli(
             _fail(str(err))
         return _finish(result, verbose, output_path, min_score)
 
+    if gguf_path:
+        if model_path or adapter_path or baseline or sequential:
+            _fail(
+                "--gguf replaces --model/--adapter (the adapters are fused into the GGUF); --baseline and --sequential are MLX-only"
+            )
+        return _cli_gguf(
+            gguf_path,
+            grammar,
+            queries_path,
+            max_tokens,
+            temp,
+            top_p,
+            top_k,
+            presence_penalty,
+            seed,
+            verbose,
+            output_path,
+            min_score,
+            interactive,
+        )
+    if gguf_path is None and not grammar:
+        _fail("--no-grammar only applies to --gguf")
     if not model_path:
-        _fail("--model is required (or use --compare / --score-only)")
+        _fail("--model is required (or use --gguf / --compare / --score-only)")
     import mlx.core as mx
 
     mx.random.seed(seed)
@@ -305,7 +412,7 @@ def cli(
     except (runtime.ModelError, OSError, ValueError) as err:
         _fail(str(err))
     if interactive:
-        return _interactive(model, tokenizer, max_tokens, sampling)
+        return _interactive(lambda q: generate_batch(model, tokenizer, [q], max_tokens, 1, **sampling)[0][0])
     try:
         queries = read_queries(queries_path)
     except DataError as err:
@@ -336,6 +443,62 @@ def cli(
     return _finish(result, verbose, output_path, min_score)
 
 
+def _cli_gguf(
+    path,
+    grammar,
+    queries_path,
+    max_tokens,
+    temp,
+    top_p,
+    top_k,
+    presence_penalty,
+    seed,
+    verbose,
+    output_path,
+    min_score,
+    interactive,
+):
+    """eval.py --gguf: QMD's run-time settings wherever the command line gave none."""
+    import convert
+
+    ctx = click.get_current_context()
+    given = {p: ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT for p in ctx.params}
+    sampling = {
+        "temp": temp if given["temp"] else convert.QMD_SAMPLING["temp"],
+        "top_p": top_p if given["top_p"] else convert.QMD_SAMPLING["top_p"],
+        "top_k": top_k if given["top_k"] else convert.QMD_SAMPLING["top_k"],
+        "presence_penalty": presence_penalty if given["presence_penalty"] else convert.QMD_SAMPLING["presence_penalty"],
+    }
+    max_tokens = max_tokens if given["max_tokens"] else convert.QMD_MAX_TOKENS
+    try:
+        llm = load_gguf(path, seed=seed)
+    except runtime.ModelError as err:
+        _fail(str(err))
+    settings = dict(max_tokens=max_tokens, grammar=grammar, seed=seed, **sampling)
+    if interactive:
+        return _interactive(lambda q: generate_gguf(llm, [q], **settings)[0][0])
+    try:
+        queries = read_queries(queries_path)
+    except DataError as err:
+        _fail(str(err))
+    click.echo(
+        f"llama.cpp: {Path(path).name}, {len(queries)} queries, grammar {'on' if grammar else 'off'}, {sampling}",
+        err=True,
+    )
+    texts, stats = generate_gguf(llm, [q for q, _ in queries], **settings)
+    result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+    result["generation"] = {k: round(v, 3) for k, v in stats.items()}
+    result["config"] = {
+        "gguf": str(path),
+        "queries": str(queries_path),
+        "grammar": grammar,
+        **sampling,
+        "max_tokens": max_tokens,
+        "seed": seed,
+    }
+    return _finish(result, verbose, output_path, min_score)
+
+
 def _finish(result, verbose, output_path, min_score, echo=True):
     if echo:
         click.echo(format_report(result, verbose))
@@ -347,7 +510,8 @@ def _finish(result, verbose, output_path, min_score, echo=True):
         sys.exit(1)
 
 
-def _interactive(model, tokenizer, max_tokens, sampling):
+def _interactive(generate_one):
+    """Read queries until EOF; `generate_one(query) -> text` is the MLX or the llama.cpp generator."""
     click.echo("Type a search query (Ctrl-D or Ctrl-C to quit).")
     while True:
         try:
@@ -357,7 +521,7 @@ def _interactive(model, tokenizer, max_tokens, sampling):
             return
         if not query:
             continue
-        (text,), _ = generate_batch(model, tokenizer, [query], max_tokens, 1, **sampling)
+        text = generate_one(query)
         s = reward.score(query, text)
         click.echo(text if text.strip() else "(empty output)")
         click.echo(f"-- {s.percentage:.1f}% {s.rating}  " + "  ".join(f"{k} {v:g}" for k, v in s.dimensions.items()))

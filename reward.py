@@ -121,7 +121,7 @@ def _is_entity_word(word: str, index: int, prev_entity: bool) -> bool:
         return False
     if index > 0 and word[0].isupper():  # capitalised words after the first: React, Lisbon
         return True
-    if len(word) >= 2 and (any(c in _ENTITY_CHARS for c in word) or "-" in word[1:] or "/" in word):
+    if len(word) >= 2 and (not _ENTITY_CHARS.isdisjoint(word) or "-" in word[1:] or "/" in word):
         return True  # technical terms: node.js, C++, C#, snake_case, USB-C, TCP/IP
     if any(c.isupper() for c in word[1:]):  # inner capitals: JavaScript, useEffect, iPhone
         return True
@@ -168,9 +168,12 @@ def analyze_query(query: str) -> QueryInfo:
         if w.lower() not in STOPWORDS and (len(w) >= 2 or _CJK_RE.search(w)):
             key_terms.append(term)
         prev = is_ent
-    letters = [c for c in query if c.isalpha()]
-    n_nonlatin = sum(1 for c in letters if _NONLATIN_RE.match(c))
-    nonlatin = n_nonlatin >= 2 or (bool(letters) and n_nonlatin * 2 > len(letters))
+    if query.isascii():  # most queries: no per-character scan needed
+        nonlatin = False
+    else:
+        n_nonlatin = sum(1 for c in _NONLATIN_RE.findall(query) if c.isalpha())
+        n_letters = sum(1 for c in query if c.isalpha())
+        nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
     named = bool(entities)
     return QueryInfo(
         norm=_norm(query),
@@ -322,9 +325,10 @@ def _score(query: str, output) -> Score:
     q = analyze_query(query)
     # A line that only repeats the query adds nothing: it is penalised once (diversity) and then left
     # out of every other check, so echoing the query cannot earn entity or quality points.
-    echoes = [t for k, t in p.lines if k != "hyde" and _norm(t) == q.norm]
-    lex = [t for k, t in p.lines if k == "lex" and _norm(t) != q.norm]
-    vec = [t for k, t in p.lines if k == "vec" and _norm(t) != q.norm]
+    echo = [k != "hyde" and _norm(t) == q.norm for k, t in p.lines]  # one flag per line
+    echoes = [t for (k, t), e in zip(p.lines, echo) if e]
+    lex = [t for (k, t), e in zip(p.lines, echo) if k == "lex" and not e]
+    vec = [t for (k, t), e in zip(p.lines, echo) if k == "vec" and not e]
     hyde = [t for k, t in p.lines if k == "hyde"]
     n_lex = sum(1 for k, _ in p.lines if k == "lex")
     n_vec = sum(1 for k, _ in p.lines if k == "vec")
