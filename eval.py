@@ -28,6 +28,7 @@ import runtime
 runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -126,7 +127,13 @@ def load_gguf(path, n_ctx: int | None = None, seed: int = 0):
     import convert
 
     try:
-        llm = Llama(model_path=str(path), n_ctx=n_ctx or convert.QMD_CONTEXT, seed=seed, verbose=False)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx or convert.QMD_CONTEXT,
+            n_threads=os.cpu_count(),  # llama-cpp-python's default is half the cores
+            seed=seed,
+            verbose=False,
+        )
     except ValueError as exc:  # llama-cpp-python raises ValueError when llama.cpp cannot load the file
         raise runtime.ModelError(f"{path}: llama.cpp could not load this GGUF ({exc})") from exc
     if not llm.metadata.get("tokenizer.chat_template"):

@@ -13,8 +13,11 @@ Decisions (and why):
   It is never a training target (its tokens are masked like the rest of the prompt), so the model
   never learns to emit ``<think>``; at run time llama.cpp/Ollama render the same block from the GGUF's
   template, so the tokens before the first ``lex:`` are identical in training and inference.
-* A training example is ``prompt_ids + completion_ids`` where the completion is the target text
-  followed by the template's end-of-turn token (``<|im_end|>``). Prompt and completion are tokenized
+* A training example is ``prompt_ids + completion_ids`` where the completion is the target text,
+  every line ended by a newline (the last one too), followed by the template's end-of-turn token
+  (``<|im_end|>``). QMD decodes under a grammar that ends every line with a newline; a model
+  trained without the last one would be forced past the point where it learned to stop, and would
+  write extra lines up to QMD's 600-token cap. Prompt and completion are tokenized
   separately, so the prompt part of every training example is token-for-token the generation prompt
   (tests/test_prompt.py checks this against the full chat-template rendering on the Qwen3 tokenizer).
 * Targets are rendered in a canonical order - lex, then vec, then hyde - whatever order the data file
@@ -51,10 +54,15 @@ def user_message(query: str) -> str:
     return USER_TEMPLATE.format(query=query.strip())
 
 
+def assistant_text(output_pairs) -> str:
+    """The assistant turn's content in training: the target lines, each ended by a newline."""
+    return render_target(output_pairs) + "\n"
+
+
 def messages(query: str, output_pairs=None) -> list[dict]:
     msgs = [{"role": "user", "content": user_message(query)}]
     if output_pairs is not None:
-        msgs.append({"role": "assistant", "content": render_target(output_pairs)})
+        msgs.append({"role": "assistant", "content": assistant_text(output_pairs)})
     return msgs
 
 
@@ -119,7 +127,7 @@ def encode_example(tokenizer, query: str, output_pairs) -> tuple[list[int], int]
     the loss is taken on ``ids[prompt_len:]`` (the target lines and the end-of-turn token).
     """
     prompt = prompt_ids(tokenizer, query)
-    completion = _encode(tokenizer, render_target(output_pairs) + end_of_turn(tokenizer))
+    completion = _encode(tokenizer, assistant_text(output_pairs) + end_of_turn(tokenizer))
     return prompt + completion, len(prompt)
 
 

@@ -101,4 +101,4 @@ def test_examples_become_chat_messages_through_the_prompt_contract():
     ex = data.Example("auth config", [("vec", "where is it"), ("lex", "auth config file")])
     msgs = ex.to_messages()
     assert msgs[0] == {"role": "user", "content": "/no_think Expand this search query: auth config"}
-    assert msgs[1] == {"role": "assistant", "content": "lex: auth config file\nvec: where is it"}
+    assert msgs[1] == {"role": "assistant", "content": "lex: auth config file\nvec: where is it\n"}

@@ -1,5 +1,7 @@
 """The prompt contract: rendering, prompt parity on the real Qwen3 tokenizer, parsing."""
 
+import re
+
 import prompt
 from prompt import encode_example, parse_output, prompt_ids, qmd_keeps, qmd_query_terms, render_prompt
 
@@ -53,8 +55,21 @@ def test_think_block_is_prompt_side_and_never_a_target(qwen_tokenizer):
     assert not any(t in ids[prompt_len:] for t in THINK_IDS)
     completion = qwen_tokenizer.decode(ids[prompt_len:])
     assert completion.startswith("lex: auth config file\n")
-    assert completion.endswith("<|im_end|>")
+    assert completion.endswith("\n<|im_end|>")
     assert ids[-1] == qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_completion_matches_qmd_grammar_then_stops(qwen_tokenizer):
+    """QMD's grammar ends every line with a newline: the trained completion does too, last line
+    included, so under the grammar the model reaches <|im_end|> where it learned to stop."""
+    import convert  # QMD_GRAMMAR lives with the export
+
+    assert 'line ::= type ": " content "\\n"' in convert.QMD_GRAMMAR
+    ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
+    text = qwen_tokenizer.decode(ids[prompt_len:])
+    body, end = text[: -len("<|im_end|>")], text[-len("<|im_end|>") :]
+    assert end == "<|im_end|>"
+    assert re.fullmatch(r"((lex|vec|hyde): [^\n]+\n)+", body), body
 
 
 def test_template_fallback_is_chatml_when_tokenizer_has_none(qwen_tokenizer):

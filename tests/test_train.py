@@ -57,7 +57,8 @@ def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
     picked = [int(t) for t, m in zip(targets[0].tolist(), mask[0].tolist()) if m]
     assert picked == ids[prompt_len:]
     assert (
-        qwen_tokenizer.decode(picked) == "lex: auth config file\nvec: where is the auth configuration stored<|im_end|>"
+        qwen_tokenizer.decode(picked)
+        == "lex: auth config file\nvec: where is the auth configuration stored\n<|im_end|>"
     )
     assert "<think>" in qwen_tokenizer.decode(ids[:prompt_len])
     # completion_loss's positions select the same targets
