@@ -54,28 +54,20 @@ def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presenc
 
 
 def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling):
-    """Expansions for `queries`, generated `batch_size` prompts at a time. Returns (texts, stats)."""
-    from mlx_lm.generate import batch_generate
-
+    """Expansions for `queries`, generated `batch_size` prompts at a time with the project's batched
+    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats)."""
+    import decode
     from prompt import prompt_ids
 
-    sampler, processors = make_sampling(**sampling)
+    opts = {"temp": 0.0, "top_p": 1.0, "top_k": 0, "presence_penalty": 0.0, **sampling}
+    eos = set(tokenizer.eos_token_ids)
     texts, gen_tokens, t0 = [], 0, time.perf_counter()
     for i in range(0, len(queries), batch_size):
         chunk = [prompt_ids(tokenizer, q) for q in queries[i : i + batch_size]]
-        out = batch_generate(
-            model,
-            tokenizer,
-            chunk,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            logits_processors=processors,
-            completion_batch_size=batch_size,
-            prefill_batch_size=batch_size,
-            return_token_ids=True,
-        )
-        texts += out.texts
-        gen_tokens += sum(len(t) for t in out.token_ids)
+        groups = decode.generate(model, chunk, max_tokens=max_tokens, stop_ids=eos, presence_window=64, **opts)
+        for (sample,) in groups:
+            texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
+            gen_tokens += len(sample.tokens)
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,

@@ -9,8 +9,8 @@ The algorithm, one step:
   1. Take B prompts: queries of the training split (the SFT validation split is held out for
      model selection), reshuffled every epoch with --seed.
   2. Sample G completions per prompt from the current policy: base + fused SFT adapter + a fresh
-     small GRPO LoRA (rank 4, q/v projections). Each prompt is prefilled once and its KV cache is
-     shared by its G samples in mlx-lm's batched generator.
+     small GRPO LoRA (rank 4, q/v projections). All B x G completions decode together in
+     decode.py's batched sampler; each prompt is prefilled once and shared by its G samples.
   3. Reward every completion with reward.py; advantage A = (r - mean_group) / (std_group + 1e-4).
      A group whose rewards are all equal carries no signal and is skipped entirely.
   4. `updates_per_batch` optimizer steps on the batch. Per completion token:
@@ -22,11 +22,13 @@ The algorithm, one step:
      no second model in memory.
 Simplifications, stated: the policy is the model's untempered distribution while rollouts may be
 sampled with temperature/top-p/top-k (keep temperature 1.0 for strictly on-policy samples);
-logp_rollout is recomputed with a forward pass on the rollout weights instead of taken from the
-generator, so the ratio is exactly 1 on the first update; log-probs are computed group by group on
-right-padded prompt+completion rows (mlx-lm models take no attention mask; causal attention keeps
-padding after a row's end from touching it), in float32, from gathered logits minus logsumexp, so
-no (tokens x vocabulary) log-softmax is materialised.
+logp_rollout is not taken from the sampler: the first update's own forward pass runs on the
+rollout weights and provides it (the ratio is exactly 1 there; later updates reuse it).
+Log-probs are computed group by group: the prompt once (batch 1), then the G right-padded
+completions attending to its keys and values (SharedPrompt; mlx-lm models take no attention mask,
+and causal attention keeps padding after a row's end from touching it), in float32, as gathered
+logits minus a logsumexp whose exp(logits - max) is reused by the backward pass
+(token_logprobs): no (tokens x vocabulary) log-softmax is materialised.
 
 Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation every `eval_every`
 steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
@@ -51,6 +53,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 import data as data_mod  # noqa: E402
+import decode  # noqa: E402
 import reward  # noqa: E402
 
 GRPO_DEFAULTS = {
@@ -135,48 +138,7 @@ def lora_off(model):
 
 
 # ----------------------------------------------------------------------------
-# Rollouts: each prompt prefilled once, its KV cache shared by its G samples
-
-
-def rollout(model, tokenizer, prompts, group_size, max_tokens, sampler):
-    """Sample `group_size` completions per prompt (token-id lists).
-
-    Returns [[(completion_ids, finished)] * G] * B; completion_ids include the end-of-turn token
-    when the model stopped by itself (finished=True) and are cut at max_tokens otherwise.
-    """
-    import mlx.core as mx
-    from mlx_lm.generate import BatchGenerator
-    from mlx_lm.models.cache import make_prompt_cache
-
-    caches = []
-    for p in prompts:
-        cache = make_prompt_cache(model)
-        model(mx.array(p[:-1])[None], cache=cache)  # prefill all but the last prompt token
-        mx.eval([c.state for c in cache])
-        caches.append(cache)
-    n = len(prompts) * group_size
-    gen = BatchGenerator(
-        model,
-        max_tokens=max_tokens,
-        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
-        sampler=sampler,
-        completion_batch_size=n,
-        prefill_batch_size=n,
-    )
-    uids = gen.insert(
-        [[p[-1]] for p in prompts for _ in range(group_size)],
-        caches=[caches[i] for i in range(len(prompts)) for _ in range(group_size)],
-    )
-    tokens = {u: [] for u in uids}
-    finished = {}
-    while responses := gen.next_generated():
-        for r in responses:
-            tokens[r.uid].append(r.token)  # the stop token too: the policy must learn to stop
-            if r.finish_reason is not None:
-                finished[r.uid] = r.finish_reason == "stop"
-    gen.close()
-    flat = [(tokens[u], finished.get(u, False)) for u in uids]
-    return [flat[i * group_size : (i + 1) * group_size] for i in range(len(prompts))]
+# Advantages
 
 
 def group_advantages(rewards, eps: float = 1e-4):
@@ -194,34 +156,131 @@ def group_advantages(rewards, eps: float = 1e-4):
 # Log-probs and the loss
 
 
-def group_batch(prompt, completions):
-    """Right-padded (G, P + C) token rows for one group, and the (G, C) completion mask."""
+class SharedPrompt:
+    """Stands in for one layer's KV cache so that a group's G completions attend to a prompt that
+    was computed once (batch 1) instead of G times - with gradients, unlike a real cache.
+
+    First call (the prompt pass): keeps the prompt's keys/values (1, heads, P-1, dim) and attends
+    causally within them. Later calls (the completion pass, G rows): returns the prompt's keys and
+    values broadcast to G rows, followed by the rows' own. `offset` is the RoPE position of the next
+    input, set to P-1 between the two passes; mask "causal" is lower-right aligned in MLX's SDPA, so
+    completion position j sees the whole prompt and completion positions <= j.
+    """
+
+    def __init__(self):
+        self.keys = self.values = None
+        self.offset = 0
+
+    def update_and_fetch(self, keys, values):
+        import mlx.core as mx
+
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            return keys, values
+        rows = keys.shape[0]
+        k = mx.broadcast_to(self.keys, (rows, *self.keys.shape[1:]))
+        v = mx.broadcast_to(self.values, (rows, *self.values.shape[1:]))
+        return mx.concatenate([k, keys], axis=2), mx.concatenate([v, values], axis=2)
+
+    def make_mask(self, N, return_array=False, window_size=None):
+        from mlx_lm.models.base import create_causal_mask
+
+        if window_size is not None:
+            raise ValueError("sliding-window attention is not supported by the shared-prompt log-prob pass")
+        if return_array:
+            return create_causal_mask(N, offset=self.offset)
+        return "causal" if N > 1 else None
+
+
+def group_batch(completions):
+    """Right-padded (G, C) completion tokens and the (G, C) mask of real tokens."""
     import mlx.core as mx
     import numpy as np
 
-    P, C = len(prompt), max(len(c) for c in completions)
-    rows = np.zeros((len(completions), P + C), np.int32)
+    C = max(len(c) for c in completions)
+    comps = np.zeros((len(completions), C), np.int32)
     mask = np.zeros((len(completions), C), np.float32)
     for i, c in enumerate(completions):
-        rows[i, :P] = prompt
-        rows[i, P : P + len(c)] = c
+        comps[i, : len(c)] = c
         mask[i, : len(c)] = 1.0
-    return mx.array(rows), mx.array(mask), P
+    return mx.array(comps), mx.array(mask)
 
 
-def completion_logprobs(model, rows, prompt_len):
-    """log p(token) for every completion position: (G, C) float32.
+def completion_logprobs(model, prompt, comps):
+    """log p(token) of every completion token given the prompt: (G, C) float32.
 
-    Only positions P-1 .. end-1 (those that predict completion tokens) go through the output layer,
-    and the log-prob is the gathered logit minus logsumexp: no (G, C, V) log-softmax is built.
+    The prompt (all but its last token) runs once, batch 1; the G rows then run on
+    [last prompt token, completion[:-1]] against its keys and values (SharedPrompt), so only the C
+    positions that predict completion tokens are computed per row. Padding after a row's end cannot
+    reach earlier positions (causal attention). Log-probs are gathered logits minus logsumexp: no
+    (G, C, V) log-softmax is built.
     """
     import mlx.core as mx
 
-    h = model.model(rows[:, :-1])[:, prompt_len - 1 :]  # (G, C, hidden)
+    backbone = model.model
+    caches = [SharedPrompt() for _ in model.layers]
+    if len(prompt) > 1:
+        backbone(mx.array(prompt[:-1])[None], cache=caches)
+    for c in caches:
+        c.offset = len(prompt) - 1
+    G = comps.shape[0]
+    inputs = mx.concatenate([mx.full((G, 1), prompt[-1], dtype=comps.dtype), comps[:, :-1]], axis=1)
+    h = backbone(inputs, cache=caches)  # (G, C, hidden)
     logits = runtime.output_logits(model, h).astype(mx.float32)  # (G, C, V)
-    targets = rows[:, prompt_len:]  # (G, C)
-    picked = mx.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - mx.logsumexp(logits, axis=-1)
+    return token_logprobs(logits, comps)
+
+
+_CUSTOM_VJP = {}
+
+
+def token_logprobs(logits, targets):
+    """log softmax(logits)[targets] for (rows, C, V) logits and (rows, C) targets -> (rows, C).
+
+    The vocabulary-wide work is the costly part of a log-prob pass on the CPU (exp runs at ~14 ns
+    per element on one thread: a (4, 200, 151936) block is 0.5 G exps), so it is split across
+    runtime.rowwise's streams, and the backward pass reuses the forward's exp(logits - max) instead
+    of recomputing the softmax (one vocabulary pass fewer; costs one (rows, C, V) buffer until the
+    backward pass). Reference and policy log-probs take this same path, so they are bitwise equal
+    when the weights are (the KL is exactly 0 at the first step).
+    """
+    if "f" not in _CUSTOM_VJP:
+        _CUSTOM_VJP["f"] = _make_token_logprobs()
+    return _CUSTOM_VJP["f"](logits, targets)[0]
+
+
+def _logprobs_fwd(logits, targets):
+    import mlx.core as mx
+
+    m = mx.stop_gradient(mx.max(logits, axis=-1, keepdims=True))
+    e = mx.exp(logits - m)
+    s = mx.sum(e, axis=-1, keepdims=True)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1)
+    return (picked - m - mx.log(s))[..., 0], e, s
+
+
+def _logprobs_bwd(g, e, s, targets):
+    import mlx.core as mx
+
+    # d logp / d logits = onehot(target) - softmax
+    d = e * (-g[..., None] / s)
+    at = mx.take_along_axis(d, targets[..., None], axis=-1) + g[..., None]
+    return mx.put_along_axis(d, targets[..., None], at, axis=-1)
+
+
+def _make_token_logprobs():
+    import mlx.core as mx
+
+    @mx.custom_function
+    def f(logits, targets):
+        return runtime.rowwise(_logprobs_fwd, logits, targets)
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        logits, targets = primals
+        _, e, s = outputs
+        return runtime.rowwise(_logprobs_bwd, cotangents[0], e, s, targets), mx.zeros_like(targets)
+
+    return f
 
 
 def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps):
@@ -232,7 +291,7 @@ def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps):
     a = adv[:, None]
     pg = -mx.minimum(ratio * a, mx.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a)
     d = ref_logp - logp
-    kl = mx.exp(d) - d - 1.0
+    kl = mx.expm1(d) - d  # k3 = e^d - d - 1, without float32 cancellation near d = 0
     clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps)).astype(mx.float32)
     return (pg + beta * kl) * mask, kl * mask, clipped * mask
 
@@ -300,7 +359,6 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
-    from mlx_lm.sample_utils import make_sampler
 
     import eval as ev
     from prompt import prompt_ids
@@ -345,9 +403,9 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     runtime.save_config(out, cfg)
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
-    sampler = make_sampler(temp=cfg["temperature"], top_p=cfg["top_p"] if cfg["top_p"] < 1 else 0.0, top_k=cfg["top_k"])
+    sampling = {"temp": cfg["temperature"], "top_p": cfg["top_p"], "top_k": cfg["top_k"]}
     loss_and_grad = nn.value_and_grad(
-        model, lambda m, rows, P, old, ref, adv, mask, n: _group_objective(m, rows, P, old, ref, adv, mask, n, cfg)
+        model, lambda m, p, tokens, old, ref, adv, mask, n: _group_objective(m, p, tokens, old, ref, adv, mask, n, cfg)
     )
     echo(
         f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | LoRA rank {cfg['rank']} on {params['keys']} | "
@@ -389,23 +447,30 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
             mx.random.seed(cfg["seed"] * 100003 + step)
             queries = prompts_for_step(train_q, step, cfg["batch_size"], cfg["seed"])
             prompts = [prompt_ids(tokenizer, q) for q in queries]
-            groups = rollout(model, tokenizer, prompts, cfg["group_size"], cfg["max_completion_tokens"], sampler)
+            groups = decode.generate(
+                model,
+                prompts,
+                n=cfg["group_size"],
+                max_tokens=cfg["max_completion_tokens"],
+                stop_ids=tokenizer.eos_token_ids,
+                **sampling,
+            )
             t_roll = time.perf_counter() - t0
 
             # -- rewards and advantages
             eos = set(tokenizer.eos_token_ids)
             rewards, valid, lengths, truncated, work = [], [], [], [], []
             for q, p, group in zip(queries, prompts, groups):
-                texts = [tokenizer.decode([t for t in ids if t not in eos]) for ids, _ in group]
+                texts = [tokenizer.decode([t for t in s.tokens if t not in eos]) for s in group]
                 scored = [scorer(q, t) for t in texts]
                 r = [x for x, _ in scored]
                 rewards += r
                 valid += [ok for _, ok in scored]
-                lengths += [len(ids) for ids, _ in group]
-                truncated += [not fin for _, fin in group]
+                lengths += [len(s.tokens) for s in group]
+                truncated += [not s.finished for s in group]
                 adv = group_advantages(r)
                 if np.any(adv != 0):
-                    work.append((p, [ids for ids, _ in group], adv))
+                    work.append((p, [s.tokens for s in group], adv))
             n_tokens = sum(sum(len(c) for c in comps) for _, comps, _ in work)
 
             # -- reference log-probs (no gradients), then the updates. The rollout policy's log-probs
@@ -413,17 +478,17 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
             # own forward pass provides them (old=None below) and later updates reuse them.
             prepared = []
             for p, comps, adv in work:
-                rows, mask, P = group_batch(p, comps)
+                tokens, mask = group_batch(comps)
                 with lora_off(model):
-                    ref = mx.stop_gradient(completion_logprobs(model, rows, P))
+                    ref = completion_logprobs(model, p, tokens)
                 mx.eval(ref)
-                prepared.append([rows, mask, P, None, ref, mx.array(adv, dtype=mx.float32)])
+                prepared.append([p, tokens, mask, None, ref, mx.array(adv, dtype=mx.float32)])
             kl_sum = clip_sum = loss_sum = 0.0
             for _ in range(cfg["updates_per_batch"] if prepared else 0):
                 grads, kl_sum, clip_sum, loss_sum = None, 0.0, 0.0, 0.0
                 for item in prepared:
-                    rows, mask, P, old, ref, adv = item
-                    (loss, (kl, clipped, logp)), g = loss_and_grad(model, rows, P, old, ref, adv, mask, n_tokens)
+                    p, tokens, mask, old, ref, adv = item
+                    (loss, (kl, clipped, logp)), g = loss_and_grad(model, p, tokens, old, ref, adv, mask, n_tokens)
                     if old is None:
                         item[3] = logp
                     grads = g if grads is None else _tree_add(grads, g)
@@ -503,12 +568,12 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     return {"step": step, "best": best, "stopped": stop_reason, "interrupted": interrupted["flag"]}
 
 
-def _group_objective(model, rows, P, old, ref, adv, mask, n_tokens, cfg):
-    import mlx.core as mx
-
+def _group_objective(model, prompt, tokens, old, ref, adv, mask, n_tokens, cfg):
     """This group's share of the batch loss, and (KL sum, clipped-token count, log-probs). With
     old=None the weights are the rollout's, so old = the log-probs of this very pass (ratio 1)."""
-    logp = completion_logprobs(model, rows, P)
+    import mlx.core as mx
+
+    logp = completion_logprobs(model, prompt, tokens)
     if old is None:
         old = mx.stop_gradient(logp)
     per_tok, kl, clipped = grpo_token_loss(logp, old, ref, adv, mask, cfg["beta"], cfg["clip_eps"])

@@ -116,6 +116,49 @@ def on_cpu() -> bool:
     return mx.default_device().type == mx.cpu
 
 
+_ROW_STREAMS: list = []
+
+
+def row_streams() -> list:
+    """Streams to spread (rows x vocabulary)-sized elementwise work over the cores; [] off the CPU.
+
+    MLX's CPU backend runs each stream's non-BLAS ops (exp, logsumexp, random sampling) on a single
+    thread, so a softmax over a 49k-152k vocabulary uses one core however many there are: with two
+    streams, exp over (256, 151936) floats takes 0.27 s instead of 0.54 s on 2 cores. Matmuls go
+    through BLAS, which is multi-threaded already, and GPUs parallelise everything themselves.
+    """
+    import mlx.core as mx
+
+    if not on_cpu():
+        return []
+    if not _ROW_STREAMS:
+        n = max(1, min(os.cpu_count() or 1, 8))
+        _ROW_STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(n))
+    return _ROW_STREAMS
+
+
+def rowwise(fn, *arrays):
+    """fn(*arrays) with the arrays split along axis 0 across row_streams(), results concatenated.
+
+    fn must treat rows independently; it may return an array or a tuple of arrays.
+    """
+    import mlx.core as mx
+
+    streams = row_streams()
+    rows = arrays[0].shape[0]
+    if len(streams) < 2 or rows < 2:
+        return fn(*arrays)
+    k = min(len(streams), rows)
+    bounds = [rows * i // k for i in range(k + 1)]
+    parts = []
+    for i in range(k):
+        with mx.stream(streams[i]):
+            parts.append(fn(*(a[bounds[i] : bounds[i + 1]] for a in arrays)))
+    if isinstance(parts[0], tuple):
+        return tuple(mx.concatenate([p[j] for p in parts], axis=0) for j in range(len(parts[0])))
+    return mx.concatenate(parts, axis=0)
+
+
 def compute_dtype():
     """float32 on CPU (only float32 reaches BLAS), bfloat16 on GPUs."""
     import mlx.core as mx

@@ -47,7 +47,8 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colour codes in capt
 def tiny_qwen3(cache=Path("/tmp/qmd-bench-tiny-qwen3")) -> str:
     from tiny_qwen3 import build_tiny_qwen3
 
-    if not (cache / "model.safetensors").exists():
+    if not (cache / "tokenizer_config.json").exists():  # written last: a build that died half-way is redone
+        shutil.rmtree(cache, ignore_errors=True)
         build_tiny_qwen3(cache)
     return str(cache)
 

@@ -75,39 +75,77 @@ def test_kl_is_exactly_zero_at_init_and_when_lora_is_off(sft_adapter):
     from prompt import prompt_ids
 
     p = prompt_ids(tok, "auth config 3")
-    rows, mask, P = grpo.group_batch(p, [[1, 2, 3], [4, 5]])
-    logp = grpo.completion_logprobs(model, rows, P)
+    comps, mask = grpo.group_batch([[1, 2, 3], [4, 5]])
+    logp = grpo.completion_logprobs(model, p, comps)
     with grpo.lora_off(model):
-        ref = grpo.completion_logprobs(model, rows, P)
+        ref = grpo.completion_logprobs(model, p, comps)
     _, kl, _ = grpo.grpo_token_loss(logp, logp, ref, mx.array([1.0, -1.0]), mask, 0.04, 0.2)
     assert mx.array_equal(logp, ref).item() and float(kl.sum()) == 0.0  # fresh LoRA: lora_b == 0
     # move the GRPO LoRA: the policy changes, the reference (LoRA off) does not
     for _, m in model.named_modules():
         if hasattr(m, "lora_b"):
             m.lora_b = mx.ones_like(m.lora_b) * 0.05
-    moved = grpo.completion_logprobs(model, rows, P)
+    moved = grpo.completion_logprobs(model, p, comps)
     with grpo.lora_off(model):
-        ref2 = grpo.completion_logprobs(model, rows, P)
+        ref2 = grpo.completion_logprobs(model, p, comps)
     assert not mx.allclose(moved, ref).item()
     assert mx.array_equal(ref2, ref).item()
     _, kl2, _ = grpo.grpo_token_loss(moved, moved, ref2, mx.array([1.0, -1.0]), mask, 0.04, 0.2)
     assert float(kl2.sum()) > 0
 
 
-def test_shared_prefill_rollouts_match_plain_generation(sft_adapter):
-    from mlx_lm.sample_utils import make_sampler
+def _naive_logprobs(model, prompt, comps):
+    """The straightforward computation: every row is prompt + completion, full log-softmax."""
+    P = len(prompt)
+    rows = mx.concatenate([mx.broadcast_to(mx.array(prompt)[None], (comps.shape[0], P)), comps], axis=1)
+    logits = model(rows[:, :-1])[:, P - 1 :].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return mx.take_along_axis(logprobs, comps[..., None], axis=-1)[..., 0]
 
-    import eval as ev
-    from prompt import prompt_ids
+
+def test_shared_prompt_logprobs_and_gradients_equal_the_naive_computation(sft_adapter):
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
 
     model, tok, _, _ = grpo.build_policy(policy_cfg(sft_adapter))
-    queries = ["auth config 1", "something else entirely"]
-    groups = grpo.rollout(model, tok, [prompt_ids(tok, q) for q in queries], 2, 6, make_sampler(temp=0.0))
-    texts, _ = ev.generate_batch(model, tok, queries, max_tokens=6, batch_size=2)
-    for group, text in zip(groups, texts):
-        (a, _), (b, _) = group
-        assert a == b  # greedy: both samples of a group agree
-        assert tok.decode([t for t in a if t not in tok.eos_token_ids]) == text
+    for _, m in model.named_modules():
+        if hasattr(m, "lora_b"):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.05
+    from prompt import prompt_ids
+
+    p = prompt_ids(tok, "where is the auth config stored")
+    comps, mask = grpo.group_batch([[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]])
+    shared, naive = grpo.completion_logprobs(model, p, comps), _naive_logprobs(model, p, comps)
+    assert float((mx.abs(shared - naive) * mask).max()) < 1e-5
+    adv = mx.array([1.0, -0.5, 0.25])
+
+    def loss(fn):
+        return lambda m: ((fn(m, p, comps) * adv[:, None]) * mask).sum()
+
+    _, g_shared = nn.value_and_grad(model, loss(grpo.completion_logprobs))(model)
+    _, g_naive = nn.value_and_grad(model, loss(_naive_logprobs))(model)
+    a, b = dict(tree_flatten(g_shared)), dict(tree_flatten(g_naive))
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        scale = float(mx.abs(b[k]).max())
+        assert scale > 0 and float(mx.abs(a[k] - b[k]).max()) <= 1e-4 * scale, k
+
+
+def test_token_logprobs_gradient_matches_autodiff_of_log_softmax():
+    logits = mx.random.normal((3, 5, 50)) * 3
+    targets = mx.random.randint(0, 50, (3, 5))
+    weights = mx.random.normal((3, 5))
+
+    def ours(x):
+        return (grpo.token_logprobs(x, targets) * weights).sum()
+
+    def plain(x):
+        lp = x - mx.logsumexp(x, axis=-1, keepdims=True)
+        return (mx.take_along_axis(lp, targets[..., None], axis=-1)[..., 0] * weights).sum()
+
+    (v1, g1), (v2, g2) = mx.value_and_grad(ours)(logits), mx.value_and_grad(plain)(logits)
+    assert abs(v1.item() - v2.item()) < 1e-4
+    assert mx.allclose(g1, g2, atol=1e-6).item()
 
 
 def _scorer(query, text):

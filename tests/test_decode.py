@@ -1,0 +1,104 @@
+"""decode.py: the batched decoder behind eval.py and GRPO rollouts, checked against mlx-lm's
+one-sequence-at-a-time generate_step on the tiny Qwen3 model."""
+
+import mlx.core as mx
+import pytest
+
+import decode
+import runtime
+from prompt import prompt_ids
+
+QUERIES = ["auth config", "how do I rotate the webhook signing secret", "rust borrow checker", "日本語 検索"]
+
+
+def reference(model, prompt, max_tokens, stops=(), presence_penalty=0.0):
+    """Greedy tokens from mlx-lm's generate_step, cut after the first stop token."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    procs = make_logits_processors(presence_penalty=presence_penalty or None, presence_context_size=64)
+    out = []
+    for tok, _ in generate_step(
+        mx.array(prompt), model, max_tokens=max_tokens, sampler=make_sampler(0.0), logits_processors=procs
+    ):
+        out.append(int(tok))
+        if out[-1] in stops:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_model):
+    _, tok = tiny_model
+    ps = [prompt_ids(tok, q) for q in QUERIES]
+    assert len({len(p) for p in ps}) > 1  # different lengths: the batch cache is left-padded
+    return ps
+
+
+def test_greedy_matches_one_at_a_time_generation(tiny_model, prompts):
+    model, _ = tiny_model
+    groups = decode.generate(model, prompts, n=2, max_tokens=12)
+    for p, group in zip(prompts, groups):
+        ref = reference(model, p, 12)
+        assert [s.tokens for s in group] == [ref, ref]  # both samples of a greedy group agree
+        assert not any(s.finished for s in group) and len(ref) == 12
+
+
+def test_stop_tokens_end_rows_and_finished_rows_leave_the_batch(tiny_model, prompts):
+    model, _ = tiny_model
+    full = [reference(model, p, 16) for p in prompts]
+    # stop on the 2nd token of three of the four rows: they finish at once and the batch is compacted
+    stops = {full[0][1], full[1][1], full[2][1]}
+    groups = decode.generate(model, prompts, max_tokens=16, stop_ids=stops)
+    finished = 0
+    for p, (sample,) in zip(prompts, groups):
+        ref = reference(model, p, 16, stops)
+        assert sample.tokens == ref
+        assert sample.finished == (ref[-1] in stops)
+        finished += sample.finished
+    assert finished >= 3
+
+
+def test_presence_penalty_matches_mlx_lm_processor(tiny_model, prompts):
+    model, _ = tiny_model
+    groups = decode.generate(model, prompts, max_tokens=10, presence_penalty=3.0)
+    changed = False
+    for p, (sample,) in zip(prompts, groups):
+        assert sample.tokens == reference(model, p, 10, presence_penalty=3.0)
+        changed |= sample.tokens != reference(model, p, 10)
+    assert changed  # the penalty did something
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(tiny_model, prompts):
+    model, _ = tiny_model
+    greedy = [g[0].tokens for g in decode.generate(model, prompts, max_tokens=8)]
+    mx.random.seed(3)
+    top_k = [g[0].tokens for g in decode.generate(model, prompts, max_tokens=8, temp=1.0, top_k=1)]
+    top_p = [g[0].tokens for g in decode.generate(model, prompts, max_tokens=8, temp=1.0, top_p=1e-6)]
+    assert top_k == greedy and top_p == greedy
+
+
+def test_sampling_is_seeded_and_varies_across_a_group(tiny_model, prompts):
+    model, _ = tiny_model
+    mx.random.seed(7)
+    a = decode.generate(model, prompts[:2], n=4, max_tokens=8, temp=1.5)
+    mx.random.seed(7)
+    b = decode.generate(model, prompts[:2], n=4, max_tokens=8, temp=1.5)
+    assert [[s.tokens for s in g] for g in a] == [[s.tokens for s in g] for g in b]
+    assert len({tuple(s.tokens) for s in a[0]}) > 1
+
+
+def test_rowwise_equals_the_unsplit_computation():
+    x = mx.random.normal((5, 3, 1000))
+    t = mx.random.randint(0, 1000, (5, 3))
+    f = lambda a, b: (mx.logsumexp(a, axis=-1), mx.take_along_axis(a, b[..., None], axis=-1)[..., 0])  # noqa: E731
+    for got, want in zip(runtime.rowwise(f, x, t), f(x, t)):
+        assert mx.allclose(got, want, atol=1e-6).item()
+
+
+def test_bad_arguments_are_clear_errors(tiny_model, prompts):
+    model, _ = tiny_model
+    with pytest.raises(ValueError, match="empty prompt"):
+        decode.generate(model, [[]], max_tokens=4)
+    with pytest.raises(ValueError, match="n >= 1"):
+        decode.generate(model, prompts, n=0, max_tokens=4)
