@@ -787,5 +787,13 @@ def test_smollm2_demo_model_exports_and_matches_mlx(tmp_path):
         # f16 logits differ from MLX's float32 ones by at most 0.09 here (median 0.03), and ~6% of
         # positions have a top-2 margin below 0.1: allow a parting only at such a near tie
         assert_greedy_matches(llm, model, ids, 16, tie_margin=0.2)
+    # q8_0 rounds activations to 8 bits too: llama.cpp may take MLX's runner-up where MLX's top two are
+    # close. On a 2-core Intel Xeon build: 92.6% agreement over 271 teacher-forced positions (most
+    # partings in the system-prompt positions every sequence shares), every parting within 0.69 logits.
     q8 = load_llama(out / "qmd-query-expansion-q8_0.gguf")
-    assert top1_agreement(q8, mlx_reference(model, tok, n_new=8)) >= 0.95
+    reference = mlx_reference(model, tok, n_new=8)
+    assert top1_agreement(q8, reference) >= 0.9
+    for seq, _ in reference:
+        ours, theirs = mlx_logits(model, seq), llama_logits(q8, seq).argmax(-1)
+        gap = ours.max(axis=-1) - ours[np.arange(len(seq)), theirs]  # MLX's top-1 minus llama.cpp's pick
+        assert float(gap.max()) < 1.0, float(gap.max())
