@@ -237,6 +237,9 @@ def format_report(result: dict, verbose: bool = False, title: str = "") -> str:
         lines.append(
             f"generated {g['generated_tokens']} tokens in {g['seconds']:.1f}s ({g['tokens_per_sec']:.1f} tok/s)"
         )
+    if "environment" in result:
+        env = result["environment"]
+        lines.append(f"ran on {env['device']}, {env['cpu']}, mlx {env['mlx']}, BLAS {env['blas']}")
     return "\n".join(lines)
 
 
@@ -499,6 +502,7 @@ def _cli_gguf(
 
 
 def _finish(result, verbose, output_path, min_score, echo=True):
+    result.setdefault("environment", runtime.environment())
     if echo:
         click.echo(format_report(result, verbose))
     if output_path:

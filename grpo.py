@@ -403,12 +403,13 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     runtime.save_config(out, cfg)
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
+    metrics.log({"event": "start", "from_step": start, **runtime.environment()})
     sampling = {"temp": cfg["temperature"], "top_p": cfg["top_p"], "top_k": cfg["top_k"]}
     loss_and_grad = nn.value_and_grad(
         model, lambda m, p, tokens, old, ref, adv, mask, n: _group_objective(m, p, tokens, old, ref, adv, mask, n, cfg)
     )
     echo(
-        f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | LoRA rank {cfg['rank']} on {params['keys']} | "
+        f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | LoRA rank {cfg['rank']} on {params['keys']} | "
         f"{len(train_q)} prompts, {len(heldout)} held-out | B={cfg['batch_size']} G={cfg['group_size']} beta={cfg['beta']}"
     )
 

@@ -22,47 +22,48 @@ import tempfile
 import time
 from pathlib import Path
 
-OPENBLAS_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
-    "/usr/lib64/libopenblas.so.0",
-    "/usr/lib/libopenblas.so.0",
-)
-
-
 # ----------------------------------------------------------------------------
-# Fast BLAS
+# Fast BLAS (the choice itself lives in blas.py)
 
 
 def find_openblas() -> str | None:
-    override = os.environ.get("QMD_OPENBLAS")
-    if override:
-        return override if Path(override).exists() else None
-    return next((p for p in OPENBLAS_CANDIDATES if Path(p).exists()), None)
+    import blas
+
+    return blas.find_openblas()
 
 
 def ensure_fast_blas() -> None:
-    """On Linux, re-execute this process with OpenBLAS preloaded, once, before MLX is imported."""
+    """On Linux, re-execute this process with the chosen BLAS preloaded, once, before MLX is imported.
+
+    blas.plan() picks the library (Debian's OpenBLAS, or the user's QMD_BLAS) and, where OpenBLAS's
+    own kernel choice is weaker than the CPU, the OPENBLAS_CORETYPE that measured fastest; the reason
+    travels to the new process in QMD_BLAS_REASON for banners and reports."""
     if not sys.platform.startswith("linux") or os.environ.get("QMD_FAST_BLAS", "1") == "0":
         return
-    lib = find_openblas()
-    preload = os.environ.get("LD_PRELOAD", "")
+    preloaded = [p for p in os.environ.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
+    if os.environ.get("QMD_BLAS_REASON") is not None and any(Path(p).exists() for p in preloaded):
+        return  # the re-executed process (or a child that inherited its environment): already decided
+    if "mlx" in sys.modules or "mlx.core" in sys.modules:
+        print("warning: MLX was imported before ensure_fast_blas(); running without OpenBLAS", file=sys.stderr)
+        return
+    import blas
+
+    lib, env, reason = blas.plan()
     if lib is None:
         if not os.environ.get("QMD_BLAS_WARNED"):
             os.environ["QMD_BLAS_WARNED"] = "1"
             print(
-                "warning: OpenBLAS not found; MLX will use its bundled reference BLAS (~30x slower on CPU).\n"
+                f"warning: {reason}; MLX will use its bundled reference BLAS (~30x slower on CPU).\n"
                 "         Install it with: sudo apt-get install libopenblas0-pthread  (make setup does this)",
                 file=sys.stderr,
             )
         return
-    if lib in preload.split(":") or lib in preload.split():
-        return
-    if "mlx" in sys.modules or "mlx.core" in sys.modules:
-        print("warning: MLX was imported before ensure_fast_blas(); running without OpenBLAS", file=sys.stderr)
-        return
-    # The new process sees `lib` in LD_PRELOAD and returns above, so this cannot loop.
-    os.environ["LD_PRELOAD"] = f"{lib}:{preload}" if preload else lib
+    if "unset it" in reason:  # the user's OPENBLAS_CORETYPE is slower than what this CPU can run
+        print(f"warning: BLAS: {reason}", file=sys.stderr)
+    os.environ.update(env)
+    os.environ["QMD_BLAS_REASON"] = reason
+    if lib not in preloaded:
+        os.environ["LD_PRELOAD"] = ":".join([lib, *preloaded])
     sys.stdout.flush()
     sys.stderr.flush()
     # sys.orig_argv is the exact command line (python -m ..., a script, a console entry point)
@@ -70,17 +71,25 @@ def ensure_fast_blas() -> None:
 
 
 def blas_in_use() -> str:
-    """Which BLAS this process runs MLX matmuls on."""
-    if sys.platform == "darwin":
-        return "Accelerate (macOS)"
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return "unknown"
-    for line in maps.splitlines():
-        if "libopenblas" in line:
-            return "OpenBLAS " + line.split()[-1]
-    return "bundled reference BLAS (mlx[cpu]) - slow; install libopenblas0-pthread"
+    """Which BLAS this process runs MLX matmuls on: library, version, kernel and why."""
+    import blas
+
+    return blas.summary()
+
+
+def environment() -> dict:
+    """Where a run ran, for metrics.jsonl headers and eval reports: MLX version, device, CPU, BLAS."""
+    import mlx.core as mx
+
+    import blas
+
+    return {
+        "mlx": mx.__version__,
+        "device": device_name(),
+        "cpu": blas.cpu_info().describe() if sys.platform.startswith("linux") else sys.platform,
+        "blas": blas_in_use(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: str = "float32") -> float:
@@ -170,11 +179,14 @@ def doctor_report(quick: bool = False) -> dict:
     """Facts about this machine's MLX set-up, for `train.py doctor` and bug reports."""
     import mlx.core as mx
 
+    import blas
+
     report = {
         "mlx": mx.__version__,
         "device": device_name(),
         "platform": sys.platform,
         "blas": blas_in_use(),
+        "cpu": blas.cpu_info().describe(),
         "compute_dtype": str(compute_dtype()).replace("mlx.core.", ""),
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
     }

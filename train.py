@@ -341,13 +341,14 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     runtime.save_config(out, cfg)
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
+    metrics.log({"event": "start", "from_step": start, **runtime.environment()})
     if start >= cfg["iters"]:
         echo(f"{out} already finished {start}/{cfg['iters']} iterations; raise --iters to train further")
         return {"step": start, "adapter_path": str(out)}
 
     n_tok = sum(len(ids) for ids, _ in train_set)
     echo(
-        f"model {cfg['model']} | {runtime.device_name()} | BLAS {runtime.blas_in_use().split(' /')[0]} | "
+        f"model {cfg['model']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | "
         f"LoRA rank {cfg['rank']} on {num_layers} layers: {n_trainable / 1e6:.2f}M trainable parameters"
     )
     echo(

@@ -172,7 +172,9 @@ def machine() -> str:
         pass
     import mlx.core as mx
 
-    blas = runtime.blas_in_use().split(" /")[0].split(" - ")[0]
+    import blas as blas_mod
+
+    blas = blas_mod.summary(reason=False)
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, {cpu}, mlx {mx.__version__}, {runtime.device_name()}, {blas}"
 
 
