@@ -371,18 +371,15 @@ def _is_byte_level(backend: dict) -> bool:
 # ----------------------------------------------------------------------------
 # Chat template and Modelfile TEMPLATE: both must render the training prompt exactly
 
-_FORCE_NO_THINKING = "{%- set enable_thinking = false -%}"
-
 
 def gguf_chat_template(tokenizer) -> str:
-    """The template embedded in the GGUF: the one training rendered the prompt with, with thinking
-    switched off inside it. llama.cpp, llama-cpp-python and node-llama-cpp render a GGUF template
-    without passing enable_thinking (or pass true); the model was trained on the prompt with the empty
-    think block, so the exported template always renders that block."""
-    template = prompt._hf_tokenizer(tokenizer).chat_template or prompt.CHATML_TEMPLATE
-    if not isinstance(template, str):
-        raise ConvertError("the tokenizer has several named chat templates; only a single template can be exported")
-    return _FORCE_NO_THINKING + template if "enable_thinking" in template else template
+    """The template embedded in the GGUF: the contract's own (prompt.chat_template). For ChatML models
+    it is prompt.CHAT_TEMPLATE, which node-llama-cpp (QMD), llama.cpp and llama-cpp-python all render
+    as the training prompt, default system prompt included when the caller sends none."""
+    try:
+        return prompt.chat_template(tokenizer)
+    except ValueError as err:
+        raise ConvertError(str(err)) from err
 
 
 def render_gguf_prompt(template: str, query: str, bos_token: str = "", eos_token: str = "") -> str:

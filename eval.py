@@ -9,6 +9,7 @@
     python eval.py --interactive --model M --adapter A                       # type queries, see scores
     python eval.py --gguf adapters/gguf/qmd-query-expansion-q8_0.gguf -o adapters/gguf/eval-q8_0.json
                                                                 # llama.cpp, QMD's grammar and sampling
+    python eval.py --qmd adapters/gguf/qmd-query-expansion-q8_0.gguf   # inside the real QMD (make qmd)
 
 Generation goes through mlx-lm's batched generator (one prefill per batch of prompts, a shared
 decode loop) with the prompt contract from prompt.py, greedy unless a temperature is given.
@@ -19,6 +20,12 @@ QMD runs it: the prompt rendered by the GGUF's own chat template, QMD's GBNF gra
 `lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 0.5
 over 64 tokens, up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
 report as the MLX path. `--temp 0 --no-grammar` reproduces MLX's greedy decoding for comparisons.
+
+`--qmd FILE` goes one step further and runs the GGUF inside the real QMD (`make qmd`, qmd_harness):
+QMD's own `expandQuery`, so node-llama-cpp's chat wrapper and default system prompt, QMD's grammar,
+sampling (fixed by QMD: no sampling flags), query-word filter and fallbacks. The completion QMD's
+model wrote is scored as usual; the report adds what QMD made of it: how often it fell back (every
+line filtered, or an error), the share of lines its filter dropped, tokens and seconds per query.
 """
 
 from __future__ import annotations
@@ -169,6 +176,37 @@ def generate_gguf(
     }
 
 
+def generate_qmd(path, queries, threads=None, progress=None):
+    """Expansions for `queries` from QMD's own expandQuery on the GGUF at `path` (qmd_harness.expand).
+    Returns (texts, records, stats): the raw completions, QMD's per-query records, timing."""
+    import qmd_harness
+
+    t0 = time.perf_counter()
+    records = qmd_harness.expand(path, queries, threads=threads, on_result=progress)
+    seconds = time.perf_counter() - t0
+    gen_tokens = sum(r["completion_tokens"] for r in records)
+    stats = {"seconds": seconds, "generated_tokens": gen_tokens, "tokens_per_sec": gen_tokens / max(seconds, 1e-9)}
+    return [r["text"] or "" for r in records], records, stats
+
+
+def qmd_summary(records) -> dict:
+    """What QMD made of the expansions: fallbacks, lines its query-word filter dropped, cost per query."""
+    import prompt
+
+    n = max(len(records), 1)
+    lines = sum(len(prompt.parse_output(r["text"] or "").lines) for r in records)
+    kept = sum(0 if r["fallback"] else len(r["queryables"]) for r in records)
+    return {
+        "fallback_rate": round(sum(1 for r in records if r["fallback"]) / n, 4),
+        "errors": sum(1 for r in records if r["error"]),
+        "dropped_line_rate": round(1 - kept / lines, 4) if lines else 0.0,
+        "stopped_at_max_tokens": sum(1 for r in records if r["stop_reason"] == "maxTokens"),
+        "tokens_per_query": round(sum(r["completion_tokens"] for r in records) / n, 1),
+        "seconds_per_query": round(sum(r["seconds"] for r in records) / n, 3),
+        "chat_wrapper": sorted({r["chat_wrapper"] for r in records if r["chat_wrapper"]}),
+    }
+
+
 # ----------------------------------------------------------------------------
 # Scoring and reports
 
@@ -236,6 +274,13 @@ def format_report(result: dict, verbose: bool = False, title: str = "") -> str:
         g = result["generation"]
         lines.append(
             f"generated {g['generated_tokens']} tokens in {g['seconds']:.1f}s ({g['tokens_per_sec']:.1f} tok/s)"
+        )
+    if "qmd" in result:
+        q = result["qmd"]
+        lines.append(
+            f"in QMD: fell back on {100 * q['fallback_rate']:.1f}% of queries ({q['errors']} errors)  |  "
+            f"its filter dropped {100 * q['dropped_line_rate']:.1f}% of lines  |  {q['tokens_per_query']:.0f} tokens, "
+            f"{q['seconds_per_query']:.2f}s per query  |  {q['stopped_at_max_tokens']} hit 600 tokens"
         )
     if "environment" in result:
         env = result["environment"]
@@ -342,6 +387,19 @@ def _fail(msg: str) -> None:
     "and --max-tokens 600. Replaces --model/--adapter.",
 )
 @click.option(
+    "--qmd",
+    "qmd_gguf",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Evaluate this GGUF inside the real QMD (make qmd): QMD's own expandQuery with its prompt, grammar, "
+    "sampling, filter and fallbacks. Replaces --model/--adapter.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="With --qmd: CPU threads for QMD's llama.cpp context (default: all cores; node-llama-cpp's own "
+    "default, max(4, cores), is slow on small machines).",
+)
+@click.option(
     "--grammar/--no-grammar",
     default=True,
     show_default=True,
@@ -367,6 +425,8 @@ def cli(
     score_only,
     interactive,
     gguf_path,
+    qmd_gguf,
+    threads,
     grammar,
 ):
     """Generate expansions for test queries and score them with reward.py."""
@@ -381,6 +441,22 @@ def cli(
             _fail(str(err))
         return _finish(result, verbose, output_path, min_score)
 
+    if qmd_gguf:
+        ctx = click.get_current_context()
+        given = [
+            f"--{p.replace('_', '-')}"
+            for p in ("model_path", "adapter_path", "gguf_path", "temp", "top_p", "top_k", "presence_penalty")
+            + ("max_tokens", "batch_size", "sequential", "baseline", "interactive", "grammar")
+            if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            _fail(
+                f"--qmd runs QMD's own expansion: its prompt, grammar, sampling and 600-token cap are QMD's; "
+                f"drop {', '.join(given)}"
+            )
+        return _cli_qmd(qmd_gguf, threads, queries_path, verbose, output_path, min_score)
+    if threads:
+        _fail("--threads only applies to --qmd")
     if gguf_path:
         if model_path or adapter_path or baseline or sequential:
             _fail(
@@ -497,6 +573,50 @@ def _cli_gguf(
         **sampling,
         "max_tokens": max_tokens,
         "seed": seed,
+    }
+    return _finish(result, verbose, output_path, min_score)
+
+
+def _cli_qmd(path, threads, queries_path, verbose, output_path, min_score):
+    """eval.py --qmd: the GGUF in the real QMD, scored like every other path."""
+    import qmd_harness
+
+    try:
+        queries = read_queries(queries_path)
+        qmd_harness.require()
+    except DataError as err:
+        _fail(str(err))
+    except qmd_harness.QmdError as err:
+        _fail(str(err))
+    threads = threads or os.cpu_count()
+    click.echo(f"QMD {qmd_harness.QMD_VERSION}: {Path(path).name}, {len(queries)} queries, {threads} threads", err=True)
+    t0 = time.perf_counter()
+
+    def progress(i, rec):
+        done, elapsed = i + 1, time.perf_counter() - t0
+        eta = elapsed / done * (len(queries) - done)
+        click.echo(
+            f"  {done}/{len(queries)}  {rec['completion_tokens']:4d} tokens  {rec['seconds']:5.1f}s  "
+            f"{'fallback ' if rec['fallback'] else ''}{rec['query'][:40]}  (ETA {eta:.0f}s)",
+            err=True,
+        )
+
+    try:
+        texts, records, stats = generate_qmd(path, [q for q, _ in queries], threads, progress)
+    except qmd_harness.QmdError as err:
+        _fail(str(err))
+    result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+    for r, rec in zip(result["results"], records):
+        r["qmd"] = {
+            k: rec[k] for k in ("queryables", "fallback", "error", "completion_tokens", "stop_reason", "seconds")
+        }
+    result["qmd"] = qmd_summary(records)
+    result["generation"] = {k: round(v, 3) for k, v in stats.items()}
+    result["config"] = {
+        "qmd": qmd_harness.QMD_VERSION,
+        "gguf": str(path),
+        "queries": str(queries_path),
+        "threads": threads,
     }
     return _finish(result, verbose, output_path, min_score)
 

@@ -342,7 +342,9 @@ def load_model(model: str, adapter_path=None):
     from mlx_lm.utils import load
 
     chain = adapter_chain(adapter_path) if adapter_path is not None else []
-    model_obj, tokenizer = load(resolve_model(model))
+    folder = resolve_model(model)
+    model_obj, tokenizer = load(folder)
+    _bos_from_config(tokenizer, Path(folder))
     if on_cpu():
         import mlx.core as mx
 
@@ -353,6 +355,25 @@ def load_model(model: str, adapter_path=None):
             fuse_lora(model_obj)
     model_obj.eval()  # LoRA dropout off
     return model_obj, tokenizer
+
+
+def _bos_from_config(tokenizer, folder: Path) -> None:
+    """Give the tokenizer the BOS token its model's config.json names when the tokenizer itself has
+    none (Qwen: bos_token null, bos_token_id 151643 in config.json).
+
+    Why: the prompt contract (prompt.py) starts with the BOS token whenever the exported GGUF has one,
+    because node-llama-cpp's ChatML wrapper - QMD's - writes it before every prompt. convert.py must
+    write a BOS id (llama.cpp would otherwise give a BPE vocabulary id 11, a comma), and it writes this
+    one; setting it here makes training, eval and the GGUF agree. Encoding is unaffected: the project
+    always encodes with add_special_tokens=False."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    if getattr(hf, "bos_token", None) is not None or not (folder / "config.json").exists():
+        return
+    bos_id = json.loads((folder / "config.json").read_text()).get("bos_token_id")
+    if isinstance(bos_id, list):
+        bos_id = bos_id[0] if bos_id else None
+    if isinstance(bos_id, int) and 0 <= bos_id < len(hf):
+        hf.bos_token = hf.convert_ids_to_tokens(bos_id)
 
 
 def output_logits(model, hidden):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import data
+import prompt
 from data import DataError, dedupe, load_examples, split
 
 GOOD = {
@@ -100,5 +101,6 @@ def test_split_is_deterministic_order_independent_and_stable(tmp_path):
 def test_examples_become_chat_messages_through_the_prompt_contract():
     ex = data.Example("auth config", [("vec", "where is it"), ("lex", "auth config file")])
     msgs = ex.to_messages()
-    assert msgs[0] == {"role": "user", "content": "/no_think Expand this search query: auth config"}
-    assert msgs[1] == {"role": "assistant", "content": "lex: auth config file\nvec: where is it\n"}
+    assert msgs[0] == {"role": "system", "content": prompt.SYSTEM_PROMPT}  # node-llama-cpp's default, as in QMD
+    assert msgs[1] == {"role": "user", "content": "/no_think Expand this search query: auth config"}
+    assert msgs[2] == {"role": "assistant", "content": "lex: auth config file\nvec: where is it\n"}

@@ -208,10 +208,11 @@ def test_smollm2_greedy_tokens_match_llama_cpp(smollm2_file, tmp_path_factory):
     folder = gguf_io.import_gguf(smollm2_file, cache_dir=tmp_path_factory.mktemp("cache"), quiet=True)
     model, tok = runtime.load_model(str(folder))
     llm = Llama(model_path=str(smollm2_file), n_ctx=512, logits_all=True, verbose=False)
-    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="")
+    # the contract's template (the one convert.py embeds), with this GGUF's BOS: SmolLM2's is <|im_start|>
+    formatter = Jinja2ChatFormatter(prompt.CHAT_TEMPLATE, eos_token="<|im_end|>", bos_token="<|im_start|>")
     agree = total = 0
     for query in ["auth config", "how do I bake sourdough bread", "rust borrow checker error", "meeting notes Sarah"]:
-        # Prompt parity: llama.cpp renders the GGUF's own chat template to our token ids.
+        # Prompt parity: llama.cpp's tokenizer reads the contract's rendering as our token ids.
         messages = [{"role": "user", "content": prompt.USER_TEMPLATE.format(query=query)}]
         rendered = formatter(messages=messages).prompt
         ids = list(prompt.prompt_ids(tok, query))

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
+import prompt
 import train
 from prompt import encode_example
 
@@ -44,7 +45,7 @@ def sft_args(model, data, out, *extra):
 
 def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
     """The mask mlx-lm's default_loss builds from our (offset, length) rows selects the target lines
-    and <|im_end|> - not the prompt, not the empty think block."""
+    and <|im_end|> - not the prompt (system and user turns)."""
     import mlx.core as mx
 
     ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
@@ -60,7 +61,9 @@ def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
         qwen_tokenizer.decode(picked)
         == "lex: auth config file\nvec: where is the auth configuration stored\n<|im_end|>"
     )
-    assert "<think>" in qwen_tokenizer.decode(ids[:prompt_len])
+    assert "<think>" not in qwen_tokenizer.decode(ids) and prompt.SYSTEM_PROMPT in qwen_tokenizer.decode(
+        ids[:prompt_len]
+    )
     # completion_loss's positions select the same targets
     picked_too = [int(targets[0, p]) for p in positions[0].tolist() if p >= 0]
     assert picked_too == picked
