@@ -726,6 +726,30 @@ def verify_prompt_tokens(gguf_path, tokenizer, queries=("auth config", "how to d
     return problems
 
 
+def verify_qmd_prompt(gguf_path, tokenizer, queries=("auth config", "how to deploy 2 apps?", "日本語 検索")) -> str:
+    """Run the GGUF in the real QMD (when `make qmd` installed it) up to its first evaluation: the prompt
+    ids node-llama-cpp feeds the model must be the training prompt ids. Returns a line to print;
+    raises ConvertError on a mismatch."""
+    import qmd_harness
+
+    if not qmd_harness.installed():
+        return "note: QMD is not installed here (make qmd), so the prompt QMD sends was not checked"
+    try:
+        records = qmd_harness.expand(gguf_path, queries, prompt_only=True)
+    except qmd_harness.QmdError as err:
+        raise ConvertError(f"QMD could not load {gguf_path}: {err}") from err
+    for rec in records:
+        if rec["prompt_ids"] != prompt.prompt_ids(tokenizer, rec["query"]):
+            raise ConvertError(
+                f"QMD {qmd_harness.QMD_VERSION} ({rec['chat_wrapper']} chat wrapper) sends other prompt ids than "
+                f"training for {rec['query']!r}: {rec['prompt_ids'][:12]}... != {prompt.prompt_ids(tokenizer, rec['query'])[:12]}..."
+            )
+    wrapper = records[0]["chat_wrapper"]
+    return (
+        f"checked: QMD {qmd_harness.QMD_VERSION} (node-llama-cpp, {wrapper} chat wrapper) sends the training prompt ids"
+    )
+
+
 # ----------------------------------------------------------------------------
 # Model card and Hub upload
 
@@ -920,6 +944,7 @@ def export(plan: Plan, pre_tokenizer=None, verify=True, eval_jsons=()) -> list:
                     "the GGUF's chat template does not reproduce the training prompt:\n  " + "\n  ".join(problems)
                 )
             _echo("checked: llama.cpp renders and tokenizes the embedded chat template to the training prompt ids")
+        _echo(verify_qmd_prompt(files[0], fused.tokenizer))
 
     modelfile = plan.out_dir / "Modelfile"
     _write_text(modelfile, modelfile_text(files[0].name, fused.tokenizer))
@@ -982,7 +1007,9 @@ def export(plan: Plan, pre_tokenizer=None, verify=True, eval_jsons=()) -> list:
     help="Eval result file(s) (eval.py -o) for the model card. Default: eval.json beside the adapters, "
     "and eval*.json in the output folder.",
 )
-@click.option("--no-verify", is_flag=True, help="Skip the llama.cpp check of the embedded chat template.")
+@click.option(
+    "--no-verify", is_flag=True, help="Skip the llama.cpp and QMD checks that the GGUF gets the training prompt."
+)
 def cli(
     adapter,
     no_adapter,

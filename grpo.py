@@ -156,40 +156,7 @@ def group_advantages(rewards, eps: float = 1e-4):
 # Log-probs and the loss
 
 
-class SharedPrompt:
-    """Stands in for one layer's KV cache so that a group's G completions attend to a prompt that
-    was computed once (batch 1) instead of G times - with gradients, unlike a real cache.
-
-    First call (the prompt pass): keeps the prompt's keys/values (1, heads, P-1, dim) and attends
-    causally within them. Later calls (the completion pass, G rows): returns the prompt's keys and
-    values broadcast to G rows, followed by the rows' own. `offset` is the RoPE position of the next
-    input, set to P-1 between the two passes; mask "causal" is lower-right aligned in MLX's SDPA, so
-    completion position j sees the whole prompt and completion positions <= j.
-    """
-
-    def __init__(self):
-        self.keys = self.values = None
-        self.offset = 0
-
-    def update_and_fetch(self, keys, values):
-        import mlx.core as mx
-
-        if self.keys is None:
-            self.keys, self.values = keys, values
-            return keys, values
-        rows = keys.shape[0]
-        k = mx.broadcast_to(self.keys, (rows, *self.keys.shape[1:]))
-        v = mx.broadcast_to(self.values, (rows, *self.values.shape[1:]))
-        return mx.concatenate([k, keys], axis=2), mx.concatenate([v, values], axis=2)
-
-    def make_mask(self, N, return_array=False, window_size=None):
-        from mlx_lm.models.base import create_causal_mask
-
-        if window_size is not None:
-            raise ValueError("sliding-window attention is not supported by the shared-prompt log-prob pass")
-        if return_array:
-            return create_causal_mask(N, offset=self.offset)
-        return "causal" if N > 1 else None
+SharedPrompt = runtime.SharedPrompt  # one implementation, shared with train.py's loss
 
 
 def group_batch(completions):

@@ -98,8 +98,14 @@ def _hf_tokenizer(tokenizer):
 
 
 def is_chatml(tokenizer) -> bool:
-    vocab = _hf_tokenizer(tokenizer).get_vocab()
-    return all(t in vocab for t in _CHATML_TOKENS)
+    """The vocabulary has <|im_start|> and <|im_end|> (a token-to-id round trip: get_vocab() would
+    build a dict of the whole vocabulary on every call, and this runs once per training example)."""
+    hf = _hf_tokenizer(tokenizer)
+    for token in _CHATML_TOKENS:
+        token_id = hf.convert_tokens_to_ids(token)
+        if token_id is None or hf.convert_ids_to_tokens(token_id) != token:
+            return False
+    return True
 
 
 def chat_template(tokenizer) -> str:

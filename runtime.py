@@ -1,12 +1,15 @@
 """Shared plumbing for every script: fast BLAS on Linux, device and dtype, model loading, configs,
 atomic writes.
 
-Fast BLAS. `mlx[cpu]` on Linux ships a reference BLAS; MLX's float32 matmuls call `cblas_sgemm`, so
-preloading Debian's OpenBLAS makes them ~30x faster (NOTES.md: 7.5 -> 234 GFLOP/s on 2 cores). A
-library can only be preloaded before the process starts, so `ensure_fast_blas()` - called at the top
-of every entry point, before MLX is imported - re-executes the same command with LD_PRELOAD set.
-Set QMD_FAST_BLAS=0 to opt out (the benchmarks use it to measure the bundled BLAS). macOS uses
-Accelerate through Metal/MLX and nothing changes there.
+Fast BLAS. `mlx[cpu]` on Linux ships a reference BLAS (~7 GFLOP/s); MLX's float32 matmuls call
+`cblas_sgemm`, so preloading Debian's OpenBLAS makes them 30-60x faster. A library can only be
+preloaded before the process starts, so `ensure_fast_blas()` - called at the top of every entry
+point, before MLX is imported - re-executes the same command with LD_PRELOAD set, plus the
+OPENBLAS_CORETYPE that blas.py chose when OpenBLAS's own kernel is weaker than the CPU allows, and
+OPENBLAS_THREAD_TIMEOUT=10 (idle OpenBLAS threads sleep instead of spinning against MLX's threads).
+`blas.py` decides, explains and reports (`blas_in_use()`, `environment()`); QMD_FAST_BLAS=0 opts
+out (the benchmarks use it to measure the bundled BLAS), QMD_BLAS=/path/lib.so picks another CBLAS.
+macOS uses Accelerate through Metal/MLX and nothing changes there.
 
 Only float32 goes through BLAS (bfloat16 matmul stays on MLX's own slow CPU kernels), so on the CPU
 the scripts compute in float32: `compute_dtype()`.
@@ -528,3 +531,44 @@ def plot_metrics(records: list, panels: list, path, title: str = "") -> Path | N
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------
+# A prefix shared by many rows
+
+
+class SharedPrompt:
+    """Stands in for one layer's KV cache so that many rows attend to a shared prefix that was computed
+    once (batch 1) instead of once per row - with gradients, unlike a real cache. GRPO uses it for a
+    group's G completions of one prompt, SFT's loss for the prefix every example of a batch starts with.
+
+    First call (the prompt pass): keeps the prompt's keys/values (1, heads, P-1, dim) and attends
+    causally within them. Later calls (the completion pass, G rows): returns the prompt's keys and
+    values broadcast to G rows, followed by the rows' own. `offset` is the RoPE position of the next
+    input, set to P-1 between the two passes; mask "causal" is lower-right aligned in MLX's SDPA, so
+    completion position j sees the whole prompt and completion positions <= j.
+    """
+
+    def __init__(self):
+        self.keys = self.values = None
+        self.offset = 0
+
+    def update_and_fetch(self, keys, values):
+        import mlx.core as mx
+
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            return keys, values
+        rows = keys.shape[0]
+        k = mx.broadcast_to(self.keys, (rows, *self.keys.shape[1:]))
+        v = mx.broadcast_to(self.values, (rows, *self.values.shape[1:]))
+        return mx.concatenate([k, keys], axis=2), mx.concatenate([v, values], axis=2)
+
+    def make_mask(self, N, return_array=False, window_size=None):
+        from mlx_lm.models.base import create_causal_mask
+
+        if window_size is not None:
+            raise ValueError("sliding-window attention is not supported by the shared-prompt log-prob pass")
+        if return_array:
+            return create_causal_mask(N, offset=self.offset)
+        return "causal" if N > 1 else None

@@ -156,10 +156,15 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
         positions = np.full((len(rows), k), -1, np.int32)
         for j, (p, n) in enumerate(lengths):
             positions[j, : n - p + 1] = np.arange(p - 1, n)
+        # The tokens every row starts with (BOS, the system prompt QMD sends, the user turn's opening
+        # words: ~75 of ~185): completion_loss runs them once, batch 1. Each row keeps at least its last
+        # prompt token, the input that predicts its first target.
+        same = np.all(arr == arr[:1], axis=0)
+        shared = min(int(np.argmin(same)) if not same.all() else width, min(p for p, _ in lengths) - 1)
         if counters is not None:
             counters["tokens"] += sum(n + 1 for _, n in lengths)
             counters["padded"] += arr.size
-        return mx.array(arr), mx.array(lengths), mx.array(positions)
+        return mx.array(arr), mx.array(lengths), mx.array(positions), max(shared, 0)
 
     def iterate_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
         if len(dataset) < batch_size:
@@ -186,13 +191,18 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
     return iterate_batches
 
 
-def completion_loss(model, batch, lengths, positions):
+def completion_loss(model, batch, lengths, positions, shared: int = 0):
     """Mean cross-entropy over the completion tokens: mlx-lm's default_loss, computed cheaper.
 
     batch (B, T+1) token ids; positions (B, K) indices into the T inputs whose next token is a target
-    (-1 = padding). The transformer runs on every position (the prompt is context), but only the K
-    target positions go through the output layer and the log-softmax: with a 49k-152k vocabulary that
-    (B, T, V) step is a large share of a CPU step, and about a third of T is prompt and padding.
+    (-1 = padding); shared: how many leading tokens all B rows have in common. Two savings, same value
+    and gradients:
+      * the shared prefix (BOS + system prompt + the user turn's first words, ~40% of a demo example)
+        runs once with batch 1, and the rows' remaining inputs attend to its keys and values
+        (runtime.SharedPrompt: broadcast, so gradients flow back to the prefix once per row);
+      * the transformer runs on every position (the prompt is context), but only the K target
+        positions go through the output layer and the log-softmax: with a 49k-152k vocabulary that
+        (B, T, V) step is a large share of a CPU step.
     `lengths` (B, 2) is unused here; it keeps the batch usable with mlx-lm's default_loss.
     """
     import mlx.core as mx
@@ -200,7 +210,15 @@ def completion_loss(model, batch, lengths, positions):
     inputs, targets = batch[:, :-1], batch[:, 1:]
     valid = positions >= 0
     index = mx.maximum(positions, 0)
-    hidden = mx.take_along_axis(model.model(inputs), index[..., None], axis=1)  # (B, K, hidden)
+    if shared > 0:
+        caches = [runtime.SharedPrompt() for _ in model.layers]
+        model.model(inputs[:1, :shared], cache=caches)  # (1, shared): keys/values kept in the caches
+        for c in caches:
+            c.offset = shared  # RoPE position of the rows' first remaining input
+        h = model.model(inputs[:, shared:], cache=caches)  # (B, T - shared, hidden)
+        hidden = mx.take_along_axis(h, mx.maximum(positions - shared, 0)[..., None], axis=1)  # (B, K, hidden)
+    else:
+        hidden = mx.take_along_axis(model.model(inputs), index[..., None], axis=1)  # (B, K, hidden)
     logits = runtime.output_logits(model, hidden).astype(mx.float32)  # (B, K, V)
     picked = mx.take_along_axis(targets, index, axis=1)  # (B, K)
     ce = mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, picked[..., None], axis=-1)[..., 0]

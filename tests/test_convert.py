@@ -302,6 +302,7 @@ def test_cli_export_writes_files_and_picks_the_newest_adapter_chain(exported, wo
     assert names == ["Modelfile", "README.md", "qmd-query-expansion-f16.gguf", "qmd-query-expansion-q8_0.gguf"]
     assert "newest adapter" in output and "grpo" in output and "sft" in output  # both adapters fused
     assert "checked: llama.cpp" in output  # the built-in template/tokenizer check ran and passed
+    assert "checked: QMD 2.8.3 (node-llama-cpp, ChatML chat wrapper)" in output  # and the real QMD agrees
     assert "ollama create qmd-query-expansion -f" in output  # ollama is not installed here: the command
     assert all(oct(p.stat().st_mode)[-3:] != "600" for p in out.iterdir())  # not left private by mkstemp
 

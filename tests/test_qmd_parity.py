@@ -99,3 +99,19 @@ def test_eval_qmd_refuses_settings_that_qmd_fixes(tiny_gguf):
 
     result = CliRunner().invoke(eval_mod.cli, ["--qmd", str(tiny_gguf), "--temp", "0.2"])
     assert result.exit_code == 2 and "drop --temp" in result.output
+
+
+def test_demo_searches_the_shipped_notes_with_and_without_expansion(tiny_gguf, monkeypatch, capsys):
+    """demo.py's last stage on the tiny model: QMD indexes evals/notes, `qmd search` finds the note
+    for a query in the notes' own words, and `qmd query` runs with the model's expansion."""
+    import demo
+
+    monkeypatch.setattr(demo, "GGUF", tiny_gguf)
+    monkeypatch.setattr(demo, "SEARCHES", ["logrotate nginx"])
+    timings = {}
+    demo.search_notes(timings)
+    out = capsys.readouterr().out
+    assert 'qmd query "logrotate nginx"' in out
+    assert "without expansion (qmd search): logrotate-nginx.md" in out
+    assert "with the tuned model (qmd query): logrotate-nginx.md" in out
+    assert timings["qmd search"] > 0

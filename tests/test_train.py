@@ -50,7 +50,7 @@ def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
 
     ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
     it = train.make_iterate_batches(seed=0)
-    batch, lengths, positions = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
+    batch, lengths, positions, shared = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
     assert batch.shape[1] - 1 == 16 * -(-(len(ids) - 1) // 16)  # inputs padded to a multiple of 16
     targets = batch[:, 1:]
     steps = mx.arange(1, targets.shape[1] + 1)
@@ -79,13 +79,16 @@ def test_completion_loss_equals_mlx_lm_default_loss(tiny_model):
 
     model, tok = tiny_model
     rows = [encode_example(tok, q, PAIRS) for q in ["auth config", "a much longer query about kubernetes ingress tls"]]
-    batch, lengths, positions = next(train.make_iterate_batches(seed=0)(rows, 2, 512, loop=True))
-    (ours, n_ours), g_ours = nn.value_and_grad(model, train.completion_loss)(model, batch, lengths, positions)
+    batch, lengths, positions, shared = next(train.make_iterate_batches(seed=0)(rows, 2, 512, loop=True))
+    # the rows share BOS, the system prompt and "<|im_start|>user\n/no_think Expand this search query:"
+    assert tok.decode(batch[0, :shared].tolist()).endswith("Expand this search query:") and shared > 70
     (ref, n_ref), g_ref = nn.value_and_grad(model, default_loss)(model, batch, lengths)
-    assert int(n_ours) == int(n_ref) == sum(len(ids) - p for ids, p in rows)
-    assert abs(float(ours) - float(ref)) < 1e-4 * abs(float(ref))
-    for (name, a), (_, b) in zip(tree_flatten(g_ours), tree_flatten(g_ref)):
-        assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), name
+    for s in (shared, 0):  # the shared prefix run once, and the plain path
+        (ours, n_ours), g_ours = nn.value_and_grad(model, train.completion_loss)(model, batch, lengths, positions, s)
+        assert int(n_ours) == int(n_ref) == sum(len(ids) - p for ids, p in rows)
+        assert abs(float(ours) - float(ref)) < 1e-4 * abs(float(ref))
+        for (name, a), (_, b) in zip(tree_flatten(g_ours), tree_flatten(g_ref)):
+            assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), (s, name)
 
 
 def test_positions_cover_every_target_at_padding_boundaries():
@@ -93,7 +96,9 @@ def test_positions_cover_every_target_at_padding_boundaries():
     for targets in [1, 15, 16, 17, 31, 32, 33]:
         prompt_len = 5
         ids = list(range(1, prompt_len + targets + 1))
-        batch, lengths, positions = next(train.make_iterate_batches(seed=0)([(ids, prompt_len)] * 2, 2, 512, loop=True))
+        batch, lengths, positions, _ = next(
+            train.make_iterate_batches(seed=0)([(ids, prompt_len)] * 2, 2, 512, loop=True)
+        )
         got = [p for p in positions[0].tolist() if p >= 0]
         assert got == list(range(prompt_len - 1, prompt_len - 1 + targets)), targets
         assert positions.shape[1] % 16 == 0
@@ -103,7 +108,7 @@ def test_batches_are_length_buckets_and_order_is_a_function_of_seed():
     data = [([1] * n, 1) for n in [5, 50, 6, 51, 7, 52, 8, 53]]
     it = train.make_iterate_batches(seed=1)
     batches = [b for _, b in zip(range(8), it(data, 2, 512, loop=True))]
-    for _arr, lengths, _pos in batches:
+    for _arr, lengths, *_ in batches:
         lens = [n for _, n in lengths.tolist()]
         assert max(lens) - min(lens) <= 2  # similar lengths together
     again = [b for _, b in zip(range(8), train.make_iterate_batches(seed=1)(data, 2, 512, loop=True))]
