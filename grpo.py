@@ -42,7 +42,6 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -354,7 +353,45 @@ def default_scorer(query: str, text: str) -> tuple:
     return s.reward, s.format_valid
 
 
+# What a GRPO run writes into its folder: the only files --overwrite replaces (anything else there stays).
+RUN_OUTPUTS = [
+    "checkpoints",
+    "best",
+    "adapters.safetensors",
+    "adapter_config.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "grpo.png",
+]
+
+
+def run_inputs(cfg) -> dict:
+    """The folders and files a GRPO run reads: its output folder must be none of them (nor hold one)."""
+    inputs = {"SFT adapter": cfg["sft_adapter"], "data folder": cfg["data"], "base model": cfg["model"]}
+    if (Path(cfg["sft_adapter"]) / "adapter_config.json").exists():
+        try:
+            for i, parent in enumerate(runtime.adapter_chain(cfg["sft_adapter"])[:-1]):
+                inputs[f"parent adapter {i + 1}"] = str(parent)
+        except runtime.ModelError:
+            pass  # a broken chain is reported when the model loads
+    return inputs
+
+
 def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scorer) -> dict:
+    """Run (or resume) GRPO. With --overwrite the previous run is moved aside, not deleted, until the
+    new run has written its first checkpoint; a failure before that puts it back."""
+    replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
+    try:
+        return _run_grpo(cfg, resume, overwrite, echo, scorer, replaced)
+    except BaseException:
+        if replaced.restore():
+            echo(
+                f"{cfg['adapter_path']}: the new run stopped before its first checkpoint; the previous run is restored"
+            )
+        raise
+
+
+def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -373,13 +410,14 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     if cfg["model"] is None:
         cfg = {**cfg, "model": json.loads(sft_cfg_file.read_text()).get("base_model")}
     out = Path(cfg["adapter_path"])
+    runtime.check_output_folder(out, run_inputs(cfg))
+    replaced.recover(echo)
     existing = runtime.latest_checkpoint(out) if out.exists() else None
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
-            f"{out} already holds a run ({existing.name}). Use --resume to continue it or --overwrite to start over."
+            f"{out} already holds a run ({existing.name}). Use --resume to continue it, --overwrite to start "
+            "over (the old run is replaced once the new one has a checkpoint), or --adapter-path for a new folder."
         )
-    if overwrite and out.exists():
-        shutil.rmtree(out)
 
     train_q, heldout = load_prompts(cfg)
     if len(train_q) < cfg["batch_size"]:
@@ -398,6 +436,8 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
         state = runtime.load_checkpoint(existing, model, optimizer)
         start, best = state["step"], state.get("best", best)
         echo(f"resuming {out} from {existing.name}")
+    elif overwrite:
+        replaced.move_aside()  # everything is checked and loaded: only now does the old run make way
     out.mkdir(parents=True, exist_ok=True)
     runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers, params))
     runtime.save_config(out, cfg)
@@ -547,6 +587,7 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
                 evaluate_now(step)
             if step % cfg["save_every"] == 0 or step == cfg["steps"]:
                 runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+                replaced.commit()
                 _plot(out, metrics)
     except TrainingDiverged as exc:
         _plot(out, metrics)
@@ -557,6 +598,7 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
         signal.signal(signal.SIGINT, old_handler)
 
     runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+    replaced.commit()
     _plot(out, metrics)
     if stop_reason:
         echo(stop_reason)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -220,6 +221,114 @@ def atomic_write(path, data) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------
+# Run folders: never write into (or delete) an input, and --overwrite without losing the old run
+
+
+def check_output_folder(out, inputs: dict, flag: str = "--adapter-path") -> None:
+    """Refuse an output folder that is, contains or lies inside one of the run's inputs.
+
+    `inputs` maps a name ("SFT adapter", "data", "base model") to a path (None or a Hub id that is not
+    a local path is skipped). A run writes adapters.safetensors, adapter_config.json, config.yaml and
+    metrics.jsonl into its folder and --overwrite clears them: pointed at the SFT adapter, or at a folder
+    holding it, that would replace or delete the very files the run trains on.
+    """
+    o = Path(out).expanduser().resolve()
+    for name, p in inputs.items():
+        if p is None or str(p).startswith("pkg:") or not Path(p).expanduser().exists():
+            continue
+        i = Path(p).expanduser().resolve()
+        if o == i:
+            how = "is"
+        elif i.is_relative_to(o):
+            how = "contains"
+        elif o.is_relative_to(i):
+            how = "lies inside"
+        else:
+            continue
+        suggestion = Path(out) / "run" if how == "contains" else i.parent / f"{i.name}-run"
+        raise ConfigError(
+            f"{flag} {out} {how} the {name} {p}: the run writes its adapters, config and metrics into that "
+            f"folder and --overwrite clears them, so it must be a folder of its own (e.g. {flag} {suggestion})"
+        )
+
+
+class ReplacedRun:
+    """--overwrite that keeps the old run until the new one has written its first checkpoint.
+
+    move_aside() moves the old run's own outputs (only the names given: files that are not a run's
+    outputs stay where they are) into `out/.replaced-run/`; commit() deletes them once the new run has
+    a checkpoint; restore() puts them back if the new run fails first. A process killed in between
+    leaves the folder behind: recover() - called before every run in that folder - restores it when
+    no complete checkpoint was written since, and deletes it when one was.
+    """
+
+    ASIDE = ".replaced-run"
+    DONE = ".moved"  # written once every old output is aside: the new run may start writing
+
+    def __init__(self, out, names):
+        self.out = Path(out)
+        self.names = list(names)
+        self.aside = self.out / self.ASIDE
+        self.trash = self.out / (self.ASIDE + ".delete")
+        self.active = False
+
+    def recover(self, echo=print) -> None:
+        shutil.rmtree(self.trash, ignore_errors=True)  # a commit that was cut short
+        if not self.aside.is_dir():
+            return
+        if not (self.aside / self.DONE).exists():  # cut short while moving: nothing new was written yet
+            for moved in self.aside.iterdir():
+                os.replace(moved, self.out / moved.name)
+            self.aside.rmdir()
+            return
+        if latest_checkpoint(self.out) is not None:  # the new run got as far as a checkpoint: it stands
+            self._drop_aside()
+            return
+        self._put_back()
+        echo(f"{self.out}: an --overwrite run was stopped before its first checkpoint; the previous run is restored")
+
+    def move_aside(self) -> None:
+        present = [n for n in self.names if (self.out / n).exists() or (self.out / n).is_symlink()]
+        if not present:
+            return
+        self.aside.mkdir(parents=True, exist_ok=True)
+        for name in present:
+            os.replace(self.out / name, self.aside / name)
+        (self.aside / self.DONE).touch()
+        self.active = True
+
+    def commit(self) -> None:
+        """The new run has a complete checkpoint: the old outputs go."""
+        if self.active:
+            self._drop_aside()
+            self.active = False
+
+    def restore(self) -> bool:
+        """Put the old run back (the new run's outputs of the same names go). True if it did."""
+        if not self.active:
+            return False
+        self._put_back()
+        self.active = False
+        return True
+
+    def _drop_aside(self) -> None:
+        os.replace(self.aside, self.trash)  # one rename, so a kill mid-delete cannot look like a move
+        shutil.rmtree(self.trash, ignore_errors=True)
+
+    def _put_back(self) -> None:
+        for name in self.names:  # the new run's outputs go, whether or not the old run had them
+            target = self.out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        (self.aside / self.DONE).unlink()
+        for moved in self.aside.iterdir():
+            os.replace(moved, self.out / moved.name)
+        self.aside.rmdir()
 
 
 # ----------------------------------------------------------------------------

@@ -28,7 +28,6 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -288,12 +287,41 @@ RESUME_KEYS = [
 # The SFT run
 
 
+# What an SFT run writes into its folder: the only files --overwrite replaces (anything else there stays).
+RUN_OUTPUTS = [
+    "checkpoints",
+    "adapters.safetensors",
+    "adapter_config.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "loss.png",
+    ".trainer_final.safetensors",
+]
+
+
 def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print) -> dict:
+    """Run (or resume) SFT. With --overwrite the previous run is moved aside only once data and model
+    have loaded, and deleted only once the new run has written its first checkpoint; a failure before
+    that puts it back."""
+    replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
+    try:
+        return _run_sft(cfg, resume, overwrite, echo, replaced)
+    except BaseException:
+        if replaced.restore():
+            echo(
+                f"{cfg['adapter_path']}: the new run stopped before its first checkpoint; the previous run is restored"
+            )
+        raise
+
+
+def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     import mlx.core as mx
     from mlx_lm.cli_ui import make_console
     from mlx_lm.tuner.trainer import TrainingArgs, train
 
     out = Path(cfg["adapter_path"])
+    runtime.check_output_folder(out, {"data folder": cfg["data"], "base model": cfg["model"]})
+    replaced.recover(echo)
     existing = runtime.latest_checkpoint(out) if out.exists() else None
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
@@ -307,10 +335,6 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
             raise runtime.ConfigError(
                 f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
             )
-    if overwrite and out.exists():
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("metrics.jsonl", "adapters.safetensors", "loss.png"):
-            (out / name).unlink(missing_ok=True)
 
     # Data first: a broken file fails in a second, before any model is loaded.
     train_ex, valid_ex = load_sft_data(cfg)
@@ -336,6 +360,8 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
         echo(f"resuming {out} from {existing.name}")
     elif resume:
         echo(f"nothing to resume in {out}: starting a new run")
+    elif overwrite:
+        replaced.move_aside()  # data and model are loaded and checked: only now does the old run make way
     out.mkdir(parents=True, exist_ok=True)
     runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
     runtime.save_config(out, cfg)
@@ -398,6 +424,7 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
             )
             if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
                 runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+                replaced.commit()
                 clock["saved"] = last_good["step"] = step
                 _plot(out, metrics)
 
@@ -451,6 +478,7 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
 
     step = counters["batches"]
     runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+    replaced.commit()
     _plot(out, metrics)
     if interrupted["flag"] and step < cfg["iters"]:
         echo(

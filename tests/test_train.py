@@ -252,3 +252,58 @@ def test_configs_load_and_presets_differ_only_where_they_should():
     for name, model in [("sft-0.6B", "Qwen/Qwen3-0.6B"), ("sft-4B", "Qwen/Qwen3-4B")]:
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", train.SFT_DEFAULTS)
         assert cfg["model"] == model
+
+
+def fake_old_run(out):
+    """A finished run's files (content does not matter: they must survive a failed --overwrite)."""
+    ckpt = out / "checkpoints" / "step_0000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text('{"step": 2}')
+    for name in ["adapters.safetensors", "adapter_config.json", "config.yaml", "metrics.jsonl"]:
+        (out / name).write_text(f"old {name}")
+    (out / "notes.txt").write_text("mine")
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def snapshot(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_run_when_data_or_model_is_bad(tiny_model_path, tmp_path):
+    """--overwrite used to delete the old run before looking at the data: a typo then left nothing."""
+    out = tmp_path / "run"
+    old = fake_old_run(out)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "d.jsonl").write_text('{"query": "q"}\n')
+    r1 = CliRunner().invoke(train.cli, sft_args(tiny_model_path, bad, out, "--iters", "2", "--overwrite"))
+    assert r1.exit_code == 2 and "d.jsonl:1" in r1.output, r1.output
+    data = write_data(tmp_path / "data")
+    r2 = CliRunner().invoke(train.cli, sft_args(tmp_path / "no-model", data, out, "--iters", "2", "--overwrite"))
+    assert r2.exit_code == 2, r2.output
+    assert snapshot(out) == old
+
+
+def test_overwrite_restores_the_old_run_when_the_new_one_fails_before_a_checkpoint(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    old = fake_old_run(out)
+    data = write_data(tmp_path / "data")
+
+    def broken_loss(*args):
+        raise RuntimeError("loss bug")
+
+    monkeypatch.setattr(train, "completion_loss", broken_loss)
+    result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "4", "--overwrite"))
+    assert isinstance(result.exception, RuntimeError) and "previous run is restored" in result.output
+    assert snapshot(out) == old
+
+
+def test_output_folder_holding_the_data_is_refused(tiny_model_path, tmp_path):
+    data = write_data(tmp_path / "data")
+    before = snapshot(tmp_path / "data")
+    for out in [data, tmp_path, data / "run"]:
+        result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2", "--overwrite"))
+        assert result.exit_code == 2 and "must be a folder of its own" in result.output, result.output
+    assert snapshot(tmp_path / "data") == before
