@@ -42,6 +42,7 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 
 import json  # noqa: E402
 import math  # noqa: E402
+import shlex  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -89,6 +90,34 @@ GRPO_DEFAULTS = {
     "keep_checkpoints": 2,
     "seed": 0,
 }
+
+
+# Keys a --resume may change from the command line (the rest come from the run's config.yaml).
+SAFE_RESUME_KEYS = [
+    "steps",
+    "eval_every",
+    "eval_queries",
+    "save_every",
+    "keep_checkpoints",
+    "learning_rate",
+    "drift_window",
+    "drift_min_format",
+]
+# Keys that must match for run_grpo(resume=True) to continue the same run.
+RESUME_KEYS = [
+    "model",
+    "sft_adapter",
+    "data",
+    "valid_fraction",
+    "split_seed",
+    "batch_size",
+    "group_size",
+    "rank",
+    "alpha",
+    "num_layers",
+    "lora_keys",
+    "seed",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -413,6 +442,13 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     runtime.check_output_folder(out, run_inputs(cfg))
     replaced.recover(echo)
     existing = runtime.latest_checkpoint(out) if out.exists() else None
+    if resume and existing and (out / "config.yaml").exists():
+        saved = runtime.load_config(out / "config.yaml", GRPO_DEFAULTS)
+        changed = [k for k in RESUME_KEYS if saved.get(k) != cfg.get(k)]
+        if changed:
+            raise runtime.ConfigError(
+                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
+            )
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
             f"{out} already holds a run ({existing.name}). Use --resume to continue it, --overwrite to start "
@@ -603,7 +639,9 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     if stop_reason:
         echo(stop_reason)
     elif interrupted["flag"] and step < cfg["steps"]:
-        echo(f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {out}")
+        echo(
+            f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
+        )
     else:
         echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - t_start)}")
     if best["step"] is not None:
@@ -691,9 +729,15 @@ def _plot(out, metrics):
 @click.option("--output", "-o", type=click.Path(), help="With --eval-only: write scores as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="With --eval-only: show every output and deduction.")
 def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output, verbose, **flags):
-    """GRPO on top of the SFT adapter (reward: reward.py; KL to the SFT model)."""
+    """GRPO on top of the SFT adapter (reward: reward.py; KL to the SFT model).
+
+    --resume continues from the run's own config.yaml; flags may change only how long it trains and
+    how often it evaluates and saves (and the learning rate and drift guard)."""
+    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
-        cfg = runtime.load_config(config_path, GRPO_DEFAULTS, flags)
+        cfg = runtime.load_run_config(
+            config_path, given, GRPO_DEFAULTS, flags, resume and not eval_only, SAFE_RESUME_KEYS
+        )
         if eval_only:
             return _eval_only(cfg, eval_adapter, queries, output, verbose)
         run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)

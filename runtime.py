@@ -370,6 +370,54 @@ def load_config(path, defaults: dict, overrides: dict | None = None) -> dict:
     return cfg
 
 
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def load_run_config(
+    path, path_given: bool, defaults: dict, flags: dict, resume: bool, safe_keys, out_key: str = "adapter_path"
+) -> dict:
+    """The config of a run: defaults <- YAML <- flags; with --resume, the run's own saved config.yaml.
+
+    A resumed run continues exactly as it was configured (the default --config file may describe a
+    different model or batch size altogether). Flags given on the command line - and the keys of a
+    --config file given explicitly - may change `safe_keys` (how long to train, how often to report,
+    evaluate and save); any other key that differs from the run's value is refused with the list of
+    differences. Without a saved config (nothing to resume) the ordinary config is returned.
+    """
+    cfg = load_config(path, defaults, flags)
+    saved_file = Path(cfg[out_key]) / "config.yaml"
+    if not resume or not saved_file.exists():
+        return cfg
+    saved = load_config(saved_file, defaults)
+    explicit = {}
+    if path_given and path is not None:
+        explicit.update({k: (v, str(path)) for k, v in load_config(path, defaults).items() if k in _file_keys(path)})
+    explicit.update({k: (v, flag_name(k)) for k, v in flags.items() if v is not None})
+    safe = set(safe_keys) | {out_key}
+    conflicts = [
+        f"  {where} {v!r} (the run has {saved[k]!r})"
+        if where.startswith("--")
+        else f"  {k}: {v!r} in {where} (the run has {saved[k]!r})"
+        for k, (v, where) in explicit.items()
+        if k not in safe and v != saved[k]
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"cannot resume {cfg[out_key]} with different settings:\n"
+            + "\n".join(conflicts)
+            + f"\nOn --resume only {', '.join(flag_name(k) for k in sorted(safe - {out_key}))} may change. Leave the "
+            f"others out (the run's saved {saved_file} supplies them), or start a new run in another --{out_key.replace('_', '-')}."
+        )
+    return {**saved, **{k: v for k, (v, _) in explicit.items()}, out_key: cfg[out_key]}
+
+
+def _file_keys(path) -> set:
+    import yaml
+
+    return set(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+
+
 def save_config(out_dir, cfg: dict, name: str = "config.yaml") -> Path:
     import yaml
 

@@ -28,6 +28,7 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 
 import json  # noqa: E402
 import math  # noqa: E402
+import shlex  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -283,6 +284,20 @@ RESUME_KEYS = [
 ]
 
 
+# Keys a --resume may change from the command line: how long to train, how often to report, evaluate
+# and save, and the peak learning rate (the way out of a diverged run); the rest come from the run.
+SAFE_RESUME_KEYS = [
+    "iters",
+    "steps_per_report",
+    "steps_per_eval",
+    "val_batches",
+    "save_every",
+    "keep_checkpoints",
+    "learning_rate",
+    "grad_checkpoint",
+]
+
+
 # ----------------------------------------------------------------------------
 # The SFT run
 
@@ -482,7 +497,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     _plot(out, metrics)
     if interrupted["flag"] and step < cfg["iters"]:
         echo(
-            f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {out}"
+            f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {shlex.quote(str(out))}"
         )
         return {"step": step, "adapter_path": str(out), "interrupted": True}
     echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
@@ -547,9 +562,13 @@ def cli():
 @click.option("--resume", is_flag=True, help="Continue the run in --adapter-path from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --adapter-path that already holds a run.")
 def sft(config_path, resume, overwrite, **flags):
-    """LoRA supervised fine-tuning on mlx-lm (prompt masked, length-bucketed batches)."""
+    """LoRA supervised fine-tuning on mlx-lm (prompt masked, length-bucketed batches).
+
+    --resume continues from the run's own config.yaml; flags may change only how long it trains and
+    how often it reports, evaluates and saves (and the learning rate)."""
+    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
-        cfg = runtime.load_config(config_path, SFT_DEFAULTS, flags)
+        cfg = runtime.load_run_config(config_path, given, SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS)
         run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
     except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
         click.echo(f"error: {err}", err=True)

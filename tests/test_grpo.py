@@ -279,3 +279,34 @@ def test_overwrite_keeps_other_files_and_restores_the_old_run_on_failure(sft_ada
     assert (out / "checkpoints" / "step_0000001" / "state.json").exists()
     assert _tree_hash(out)["adapters.safetensors"] != old["adapters.safetensors"]
     assert not (out / runtime.ReplacedRun.ASIDE).exists()
+
+
+def test_the_printed_grpo_resume_hint_works_verbatim(sft_adapter, monkeypatch):
+    import shlex
+    import signal
+
+    import reward
+
+    real, calls = reward.score, []
+
+    def score_then_interrupt(query, text):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during the first step's rewards
+        return real(query, text)
+
+    monkeypatch.setattr(reward, "score", score_then_interrupt)
+    out = sft_adapter / "hint run"
+    args = [
+        "--sft-adapter", str(sft_adapter / "sft"), "--data", str(sft_adapter / "data"), "--adapter-path", str(out),
+        "--steps", "2", "--batch-size", "2", "--group-size", "2", "--max-completion-tokens", "4",
+        "--eval-queries", "0", "--save-every", "1",
+    ]  # fmt: skip
+    first = CliRunner().invoke(grpo.cli, args)
+    assert "stopped at step 1" in first.output, first.output
+    argv = shlex.split(first.output.split("Continue with: ", 1)[1].splitlines()[0])
+    assert argv[:2] == ["python", "grpo.py"]
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(grpo.cli, argv[2:])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "step    2/2 | reward" in resumed.output

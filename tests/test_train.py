@@ -307,3 +307,55 @@ def test_output_folder_holding_the_data_is_refused(tiny_model_path, tmp_path):
         result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2", "--overwrite"))
         assert result.exit_code == 2 and "must be a folder of its own" in result.output, result.output
     assert snapshot(tmp_path / "data") == before
+
+
+def interrupt_after(monkeypatch, n_batches):
+    """Send this process SIGINT (Ctrl-C) right after the trainer has taken `n_batches` batches."""
+    real = train.make_iterate_batches
+
+    def make(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        def iterate(*a, **kw):
+            for i, batch in enumerate(inner(*a, **kw), 1):
+                yield batch
+                if i == n_batches and kw.get("loop", a[3] if len(a) > 3 else False):
+                    signal.raise_signal(signal.SIGINT)
+
+        return iterate
+
+    monkeypatch.setattr(train, "make_iterate_batches", make)
+
+
+def test_the_printed_resume_hint_works_verbatim(tiny_model_path, tmp_path, monkeypatch):
+    """The Ctrl-C hint used to re-read the default configs/sft.yaml (Qwen3-1.7B, batch 4) and refuse."""
+    import shlex
+
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "my run"
+    interrupt_after(monkeypatch, 2)
+    first = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "6"))
+    assert "stopped at step 2" in first.output, first.output
+    hint = first.output.split("Continue with: ", 1)[1].splitlines()[0]
+    argv = shlex.split(hint)
+    assert argv[:2] == ["python", "train.py"]
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(train.cli, argv[2:])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "step     6/6 | loss" in resumed.output
+    state = json.loads((train.runtime.latest_checkpoint(out) / "state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_resume_refuses_changed_settings_with_a_diff_and_accepts_safe_ones(tiny_model_path, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2")).exit_code == 0
+    bad = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(out), "--batch-size", "4", "--rank", "8"])
+    assert bad.exit_code == 2
+    assert "--batch-size 4 (the run has 2)" in bad.output and "--rank 8 (the run has 4)" in bad.output
+    assert "--iters" in bad.output  # says which keys may change
+    ok = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(out), "--iters", "4"])
+    assert ok.exit_code == 0, ok.output
+    assert "step     4/4 | loss" in ok.output
