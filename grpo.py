@@ -33,7 +33,7 @@ logits minus a logsumexp whose exp(logits - max) is reused by the backward pass
 Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation every `eval_every`
 steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
 of recent rollouts falls below `drift_min_format`. Checkpoints are atomic; --resume; Ctrl-C saves
-and exits; a NaN/inf loss stops with a message and the best adapter kept.
+and exits with status 130; a NaN/inf loss stops with a message and the best adapter kept.
 """
 
 import runtime
@@ -646,7 +646,8 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - t_start)}")
     if best["step"] is not None:
         echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
-    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": interrupted["flag"]}
+    stopped_early = interrupted["flag"] and step < cfg["steps"] and not stop_reason
+    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": stopped_early}
 
 
 def _group_objective(model, prompt, tokens, old, ref, adv, mask, n_tokens, cfg):
@@ -740,13 +741,15 @@ def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output
         )
         if eval_only:
             return _eval_only(cfg, eval_adapter, queries, output, verbose)
-        run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+        result = run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
     except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except TrainingDiverged as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    if result.get("interrupted"):
+        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
 
 
 def _eval_only(cfg, adapter, queries, output, verbose):

@@ -16,7 +16,7 @@ How it trains (all of it mlx-lm's own machinery, customised by passing functions
     the seed, and the whole order is a pure function of (seed, batch number) so --resume replays it.
   * float32 on CPU (BLAS), the model's dtype on GPU.
 Safety: a checkpoint (adapter + optimizer state + position) every `save_every` iterations, written
-atomically; Ctrl-C finishes the current optimizer step, saves and exits; a NaN/inf loss stops the
+atomically; Ctrl-C finishes the current optimizer step, saves and exits with status 130; a NaN/inf loss stops the
 run and keeps the last good adapter. Outputs in --adapter-path: adapters.safetensors,
 adapter_config.json (loadable by mlx_lm.load(..., adapter_path=...)), config.yaml (resolved
 config), metrics.jsonl, loss.png, checkpoints/.
@@ -396,11 +396,17 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
         f"data {len(train_set)} train / {len(valid_set)} valid examples, {n_tok / len(train_set):.0f} tokens each on average"
     )
 
-    # -- callbacks: progress lines, metrics, checkpoints, NaN guard, Ctrl-C
+    # -- callbacks: progress lines, metrics, validation, checkpoints, NaN guard, Ctrl-C.
+    # mlx-lm calls back after every iteration (steps_per_report=1) and never validates itself: its
+    # cadence counts from the start of *this* process and validates before the last step, so after a
+    # resume its lines read "step 24/25". Here every step number is absolute, and validation runs after
+    # the update of steps that are multiples of steps_per_eval and after the last one.
     interrupted = {"flag": False}
     counters = {"tokens": 0, "padded": 0, "batches": start}
-    clock = {"t0": time.perf_counter(), "last": time.perf_counter(), "tokens": 0, "saved": start}
+    clock = {"t0": time.perf_counter(), "last": time.perf_counter(), "tokens": 0, "saved": start, "trained": 0}
+    window = {"loss": 0.0, "n": 0}
     last_good = {"step": start}
+    val_iterate = make_iterate_batches(cfg["seed"])  # no counters: validation is not training throughput
 
     def on_sigint(signum, frame):
         if interrupted["flag"]:
@@ -408,24 +414,58 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
         interrupted["flag"] = True
         echo("\ninterrupt: finishing this optimizer step, then saving a checkpoint (Ctrl-C again to abort)")
 
+    def validate(step):
+        from mlx_lm.tuner.trainer import evaluate
+
+        t = time.perf_counter()
+        val_loss = evaluate(
+            model=model,
+            dataset=valid_set,
+            batch_size=cfg["batch_size"],
+            num_batches=cfg["val_batches"],
+            max_seq_length=cfg["max_seq_length"],
+            loss=completion_loss,
+            iterate_batches=val_iterate,
+        )
+        model.train()
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss is {val_loss} at step {step}")
+        metrics.log({"step": step, "val_loss": round(val_loss, 5)})
+        echo(f"step {step:5d}/{cfg['iters']} | val loss {val_loss:.4f} ({time.perf_counter() - t:.1f}s)")
+
     class Callback:
         def on_train_loss_report(self, info):
             step = start + info["iteration"]
             loss = info["train_loss"]
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"train loss is {loss} at step {step}")
+            window["loss"] += loss
+            window["n"] += 1
+            if step % cfg["steps_per_report"] == 0 or step == cfg["iters"]:
+                self.report(step, info)
+            if valid_set and (step % cfg["steps_per_eval"] == 0 or step == cfg["iters"]):
+                validate(step)
+            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
+                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+                replaced.commit()
+                clock["saved"] = last_good["step"] = step
+                _plot(out, metrics)
+
+        def report(self, step, info):
+            loss = window["loss"] / max(window["n"], 1)
+            window.update(loss=0.0, n=0)
             now = time.perf_counter()
-            toks = counters["tokens"] - clock["tokens"]
-            tps = toks / max(now - clock["last"], 1e-9)
-            clock.update(last=now, tokens=counters["tokens"])
-            done = step - start
-            eta = (now - clock["t0"]) / max(done, 1) * (cfg["iters"] - step)
+            dt = max(now - clock["last"], 1e-9)
+            tps = (counters["tokens"] - clock["tokens"]) / dt
+            completion_tps = (info["trained_tokens"] - clock["trained"]) / dt
+            clock.update(last=now, tokens=counters["tokens"], trained=info["trained_tokens"])
+            eta = (now - clock["t0"]) / max(step - start, 1) * (cfg["iters"] - step)
             rec = {
                 "step": step,
                 "train_loss": round(loss, 5),
                 "learning_rate": info["learning_rate"],
                 "tokens_per_sec": round(tps, 1),
-                "completion_tokens_per_sec": round(info["tokens_per_second"], 1),
+                "completion_tokens_per_sec": round(completion_tps, 1),
                 "trained_tokens": info["trained_tokens"],
                 "padding_share": round(1 - counters["tokens"] / max(counters["padded"], 1), 4),
                 "peak_memory_gb": round(info["peak_memory"], 3),
@@ -437,26 +477,12 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
                 f"step {step:5d}/{cfg['iters']} | loss {loss:.4f} | lr {info['learning_rate']:.2e} | "
                 f"{tps:,.0f} tok/s | peak {info['peak_memory']:.2f} GB | ETA {runtime.hms(eta)}"
             )
-            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
-                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
-                replaced.commit()
-                clock["saved"] = last_good["step"] = step
-                _plot(out, metrics)
-
-        def on_val_loss_report(self, info):
-            step = start + info["iteration"]
-            if not math.isfinite(info["val_loss"]):
-                raise TrainingDiverged(f"validation loss is {info['val_loss']} at step {step}")
-            metrics.log({"step": step, "val_loss": round(info["val_loss"], 5)})
-            echo(f"step {step:5d}/{cfg['iters']} | val loss {info['val_loss']:.4f} ({info['val_time']:.1f}s)")
 
     scratch = out / ".trainer_final.safetensors"  # mlx-lm writes its final adapters here; ours are atomic
     args = TrainingArgs(
         batch_size=cfg["batch_size"],
         iters=cfg["iters"] - start,
-        val_batches=cfg["val_batches"],
-        steps_per_report=cfg["steps_per_report"],
-        steps_per_eval=cfg["steps_per_eval"],
+        steps_per_report=1,  # every iteration comes back to Callback, which keeps the cadence
         steps_per_save=10**12,  # checkpointing is ours (atomic, with optimizer state)
         max_seq_length=cfg["max_seq_length"],
         adapter_file=str(scratch),
@@ -470,11 +496,13 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     old_handler = signal.signal(signal.SIGINT, on_sigint)
     model.train()
     try:
+        if valid_set and start == 0:
+            validate(0)  # the untrained adapter's loss: the baseline of the curve
         train(
             model,
             optimizer,
             train_set,
-            valid_set or None,
+            None,  # validation is ours (absolute step numbers)
             args,
             loss=completion_loss,
             iterate_batches=iterate,
@@ -569,13 +597,15 @@ def sft(config_path, resume, overwrite, **flags):
     given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
         cfg = runtime.load_run_config(config_path, given, SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS)
-        run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+        result = run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
     except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except TrainingDiverged as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    if result.get("interrupted"):
+        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
 
 
 @cli.command()

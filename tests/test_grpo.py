@@ -303,7 +303,7 @@ def test_the_printed_grpo_resume_hint_works_verbatim(sft_adapter, monkeypatch):
         "--eval-queries", "0", "--save-every", "1",
     ]  # fmt: skip
     first = CliRunner().invoke(grpo.cli, args)
-    assert "stopped at step 1" in first.output, first.output
+    assert first.exit_code == 130 and "stopped at step 1" in first.output, first.output
     argv = shlex.split(first.output.split("Continue with: ", 1)[1].splitlines()[0])
     assert argv[:2] == ["python", "grpo.py"]
     monkeypatch.undo()

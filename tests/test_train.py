@@ -189,7 +189,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tiny_model_path, tmp_pat
         assert time.time() < deadline, "".join(lines)
     rest, _ = proc.communicate(timeout=240)
     output = "".join(lines) + rest
-    assert proc.returncode == 0, output
+    assert proc.returncode == 130, output  # interrupted, not finished
     assert "stopped at step" in output and "--resume" in output
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     assert ckpts and (ckpts[-1] / "state.json").exists()
@@ -335,7 +335,7 @@ def test_the_printed_resume_hint_works_verbatim(tiny_model_path, tmp_path, monke
     out = tmp_path / "my run"
     interrupt_after(monkeypatch, 2)
     first = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "6"))
-    assert "stopped at step 2" in first.output, first.output
+    assert first.exit_code == 130 and "stopped at step 2" in first.output, first.output
     hint = first.output.split("Continue with: ", 1)[1].splitlines()[0]
     argv = shlex.split(hint)
     assert argv[:2] == ["python", "train.py"]
@@ -359,3 +359,34 @@ def test_resume_refuses_changed_settings_with_a_diff_and_accepts_safe_ones(tiny_
     ok = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(out), "--iters", "4"])
     assert ok.exit_code == 0, ok.output
     assert "step     4/4 | loss" in ok.output
+
+
+def write_split_data(folder, n_train=12, n_valid=4):
+    """A folder with train.jsonl and valid.jsonl, so runs have a validation set."""
+    write_data(folder / "t", n_train + n_valid)
+    lines = (folder / "t" / "d.jsonl").read_text().splitlines(keepends=True)
+    (folder / "train.jsonl").write_text("".join(lines[:n_train]))
+    (folder / "valid.jsonl").write_text("".join(lines[n_train:]))
+    return folder
+
+
+def test_validation_step_numbers_are_absolute_and_survive_resume(tiny_model_path, tmp_path):
+    """Validation used to run before the step it was numbered after, counted from the resume point:
+    a resumed run printed "step 24/25 | val loss" for the last step."""
+    data = write_split_data(tmp_path / "data")
+    runner = CliRunner()
+
+    def val_steps(out):
+        return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
+
+    full = tmp_path / "full"
+    r = runner.invoke(train.cli, sft_args(tiny_model_path, data, full, "--iters", "4", "--steps-per-eval", "2"))
+    assert r.exit_code == 0, r.output
+    assert val_steps(full) == [0, 2, 4] and "step     4/4 | val loss" in r.output
+    half = tmp_path / "half"
+    r1 = runner.invoke(train.cli, sft_args(tiny_model_path, data, half, "--iters", "3", "--steps-per-eval", "2"))
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(half), "--iters", "4"])
+    assert r2.exit_code == 0, r2.output
+    assert "step     4/4 | val loss" in r2.output and "step     3/4 | val loss" not in r2.output
+    assert val_steps(half) == [0, 2, 3, 4]
