@@ -92,6 +92,43 @@ GRPO_DEFAULTS = {
 }
 
 
+K = runtime.Key
+# Type and allowed range of every key (checked, naming the file or flag, before any model loads).
+GRPO_SCHEMA = {
+    "model": K(str, null=True),
+    "sft_adapter": K(str),
+    "adapter_path": K(str),
+    "data": K(str),
+    "valid_fraction": K(float, 0, 1, hi_open=True),
+    "split_seed": K(int, 0),
+    "steps": K(int, 1),
+    "batch_size": K(int, 1),
+    "group_size": K(int, 2),  # advantages are relative to the group: one completion has none
+    "updates_per_batch": K(int, 1),
+    "learning_rate": K(float, 0, 1, lo_open=True),
+    "warmup_steps": K(int, 0),
+    "max_grad_norm": K(float, 0, lo_open=True),
+    "beta": K(float, 0),
+    "clip_eps": K(float, 0, 1, lo_open=True, hi_open=True),
+    "rank": K(int, 1),
+    "alpha": K(float, 0, lo_open=True),
+    "dropout": K(float, 0, 1, hi_open=True),
+    "num_layers": K(int, 1, also=(-1,)),
+    "lora_keys": K(list),
+    "temperature": K(float, 0),
+    "top_p": K(float, 0, 1, lo_open=True),
+    "top_k": K(int, 0),
+    "max_completion_tokens": K(int, 1),
+    "eval_every": K(int, 1),
+    "eval_queries": K(int, 0),
+    "eval_max_tokens": K(int, 1),
+    "drift_window": K(int, 1),
+    "drift_min_format": K(float, 0, 1),
+    "save_every": K(int, 1),
+    "keep_checkpoints": K(int, 1),
+    "seed": K(int, 0),
+}
+assert GRPO_SCHEMA.keys() == GRPO_DEFAULTS.keys()
 # Keys a --resume may change from the command line (the rest come from the run's config.yaml).
 SAFE_RESUME_KEYS = [
     "steps",
@@ -409,6 +446,7 @@ def run_inputs(cfg) -> dict:
 def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scorer) -> dict:
     """Run (or resume) GRPO. With --overwrite the previous run is moved aside, not deleted, until the
     new run has written its first checkpoint; a failure before that puts it back."""
+    cfg = runtime.check_config(cfg, GRPO_SCHEMA)
     replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
     try:
         return _run_grpo(cfg, resume, overwrite, echo, scorer, replaced)
@@ -429,8 +467,6 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     import eval as ev
     from prompt import prompt_ids
 
-    if cfg["updates_per_batch"] < 1 or cfg["group_size"] < 2 or cfg["batch_size"] < 1:
-        raise runtime.ConfigError("need updates_per_batch >= 1, group_size >= 2 and batch_size >= 1")
     sft_cfg_file = Path(cfg["sft_adapter"]) / "adapter_config.json"
     if not sft_cfg_file.exists():
         raise runtime.ModelError(
@@ -737,7 +773,7 @@ def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output
     given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
         cfg = runtime.load_run_config(
-            config_path, given, GRPO_DEFAULTS, flags, resume and not eval_only, SAFE_RESUME_KEYS
+            config_path, given, GRPO_DEFAULTS, flags, resume and not eval_only, SAFE_RESUME_KEYS, schema=GRPO_SCHEMA
         )
         if eval_only:
             return _eval_only(cfg, eval_adapter, queries, output, verbose)

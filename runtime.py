@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import shutil
 import sys
@@ -339,21 +340,115 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(path, defaults: dict, overrides: dict | None = None) -> dict:
+class Key:
+    """The type and allowed range of one config key: Key(int, lo=1), Key(float, lo=0, lo_open=True),
+    Key(str, choices=(...)), Key(list), Key(bool); `also` lists values allowed outside the range (-1:
+    "all"), `null` allows None. check() returns the value (ints given as 3.0 become 3) or raises
+    ValueError with the allowed range in words."""
+
+    def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False, choices=(), also=(), null=False):
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
+        self.choices, self.also, self.null = tuple(choices), tuple(also), null
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(map(repr, self.choices))
+        elif self.kind is list:
+            text = "a non-empty list of names"
+        elif self.kind is bool:
+            text = "true or false"
+        elif self.kind is str:
+            text = "a non-empty string"
+        else:
+            text = "an integer" if self.kind is int else "a number"
+            if self.lo is not None and self.hi is not None:
+                text += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            elif self.lo is not None:
+                text += f" {'>' if self.lo_open else '>='} {self.lo:g}"
+            elif self.hi is not None:
+                text += f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        for v in self.also:
+            text += f", or {v!r}"
+        if self.null:
+            text += ", or null"
+        return text
+
+    def check(self, value):
+        if value is None and self.null:
+            return None
+        if value in self.also and not isinstance(value, bool):
+            return value
+        ok = True
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string: take it as the number meant
+                try:
+                    value = float(value)
+                except ValueError:
+                    ok = False
+            ok = ok and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value) if ok else value
+        elif self.kind is str:
+            ok = isinstance(value, str) and bool(value.strip())
+        elif self.kind is list:
+            ok = isinstance(value, list | tuple) and bool(value) and all(isinstance(v, str) and v for v in value)
+            value = list(value) if ok else value
+        if ok and self.choices:
+            ok = value in self.choices
+        if ok and self.kind in (int, float):
+            if self.lo is not None:
+                ok = value > self.lo if self.lo_open else value >= self.lo
+            if ok and self.hi is not None:
+                ok = value < self.hi if self.hi_open else value <= self.hi
+        if not ok:
+            raise ValueError(self.describe())
+        return value
+
+
+def check_config(cfg: dict, schema: dict, origins: dict | None = None) -> dict:
+    """Every key of `cfg` checked against `schema` (key -> Key); returns the checked values.
+
+    A bad value is a ConfigError naming the file or flag it came from, the key, the value and the
+    allowed range - raised before any model is loaded, so a typo costs a second, not a model load.
+    """
+    origins = origins or {}
+    out = dict(cfg)
+    for key, value in cfg.items():
+        spec = schema.get(key)
+        if spec is None:
+            continue
+        try:
+            out[key] = spec.check(value)
+        except ValueError as exc:
+            where = origins.get(key, "config")
+            if where.startswith("--"):
+                raise ConfigError(f"{where} {value!r}: {key} must be {exc}") from None
+            raise ConfigError(f"{where}: {key}: {value!r} is not allowed; {key} must be {exc}") from None
+    return out
+
+
+def load_config(path, defaults: dict, overrides: dict | None = None, schema: dict | None = None) -> dict:
     """Merge `defaults` <- YAML file at `path` (optional) <- `overrides` (CLI flags that were given).
 
-    Every key must be one of `defaults`; a typo is an error naming the file and the closest key.
+    Every key must be one of `defaults`; a typo is an error naming the file and the closest key. With
+    a `schema`, every value is checked for type and range (check_config), naming its file or flag.
     """
     import yaml
 
     cfg = dict(defaults)
+    origins = dict.fromkeys(defaults, "default")
     sources = []
     if path is not None:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
@@ -363,11 +458,12 @@ def load_config(path, defaults: dict, overrides: dict | None = None) -> dict:
     for where, values in sources:
         for key, value in values.items():
             if key not in defaults:
-                close = difflib.get_close_matches(key, defaults, n=1)
+                close = difflib.get_close_matches(str(key), defaults, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(defaults))})"
                 raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
             cfg[key] = value
-    return cfg
+            origins[key] = flag_name(key) if where == "command line" else where
+    return check_config(cfg, schema, origins) if schema else cfg
 
 
 def flag_name(key: str) -> str:
@@ -375,7 +471,14 @@ def flag_name(key: str) -> str:
 
 
 def load_run_config(
-    path, path_given: bool, defaults: dict, flags: dict, resume: bool, safe_keys, out_key: str = "adapter_path"
+    path,
+    path_given: bool,
+    defaults: dict,
+    flags: dict,
+    resume: bool,
+    safe_keys,
+    out_key: str = "adapter_path",
+    schema: dict | None = None,
 ) -> dict:
     """The config of a run: defaults <- YAML <- flags; with --resume, the run's own saved config.yaml.
 
@@ -385,15 +488,15 @@ def load_run_config(
     evaluate and save); any other key that differs from the run's value is refused with the list of
     differences. Without a saved config (nothing to resume) the ordinary config is returned.
     """
-    cfg = load_config(path, defaults, flags)
+    cfg = load_config(path, defaults, flags, schema)
     saved_file = Path(cfg[out_key]) / "config.yaml"
     if not resume or not saved_file.exists():
         return cfg
-    saved = load_config(saved_file, defaults)
+    saved = load_config(saved_file, defaults, schema=schema)
     explicit = {}
     if path_given and path is not None:
-        explicit.update({k: (v, str(path)) for k, v in load_config(path, defaults).items() if k in _file_keys(path)})
-    explicit.update({k: (v, flag_name(k)) for k, v in flags.items() if v is not None})
+        explicit.update({k: (v, str(path)) for k, v in cfg.items() if k in _file_keys(path)})
+    explicit.update({k: (cfg[k], flag_name(k)) for k, v in flags.items() if v is not None})
     safe = set(safe_keys) | {out_key}
     conflicts = [
         f"  {where} {v!r} (the run has {saved[k]!r})"
@@ -415,7 +518,7 @@ def load_run_config(
 def _file_keys(path) -> set:
     import yaml
 
-    return set(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+    return set(yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {})
 
 
 def save_config(out_dir, cfg: dict, name: str = "config.yaml") -> Path:

@@ -76,6 +76,36 @@ SFT_DEFAULTS = {
     "save_every": 100,
     "keep_checkpoints": 2,
 }
+K = runtime.Key
+# Type and allowed range of every key (checked, naming the file or flag, before any model loads).
+SFT_SCHEMA = {
+    "model": K(str),
+    "data": K(str),
+    "valid_fraction": K(float, 0, 1, hi_open=True),
+    "adapter_path": K(str),
+    "iters": K(int, 1),
+    "batch_size": K(int, 1),
+    "grad_accumulation_steps": K(int, 1),
+    "learning_rate": K(float, 0, 1, lo_open=True),
+    "lr_schedule": K(str, choices=("cosine", "constant")),
+    "warmup_steps": K(int, 0),
+    "min_lr_ratio": K(float, 0, 1),
+    "weight_decay": K(float, 0),
+    "num_layers": K(int, 1, also=(-1,)),
+    "rank": K(int, 1),
+    "alpha": K(float, 0, lo_open=True),
+    "dropout": K(float, 0, 1, hi_open=True),
+    "lora_keys": K(list),
+    "max_seq_length": K(int, 16),
+    "grad_checkpoint": K(bool),
+    "seed": K(int, 0),
+    "steps_per_report": K(int, 1),
+    "steps_per_eval": K(int, 1),
+    "val_batches": K(int, 1, also=(-1,)),
+    "save_every": K(int, 1),
+    "keep_checkpoints": K(int, 1),
+}
+assert SFT_SCHEMA.keys() == SFT_DEFAULTS.keys()
 PAD_MULTIPLE = 16
 
 
@@ -318,6 +348,7 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     """Run (or resume) SFT. With --overwrite the previous run is moved aside only once data and model
     have loaded, and deleted only once the new run has written its first checkpoint; a failure before
     that puts it back."""
+    cfg = runtime.check_config(cfg, SFT_SCHEMA)
     replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
     try:
         return _run_sft(cfg, resume, overwrite, echo, replaced)
@@ -596,7 +627,9 @@ def sft(config_path, resume, overwrite, **flags):
     how often it reports, evaluates and saves (and the learning rate)."""
     given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
-        cfg = runtime.load_run_config(config_path, given, SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS)
+        cfg = runtime.load_run_config(
+            config_path, given, SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS, schema=SFT_SCHEMA
+        )
         result = run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
     except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
         click.echo(f"error: {err}", err=True)

@@ -310,3 +310,12 @@ def test_the_printed_grpo_resume_hint_works_verbatim(sft_adapter, monkeypatch):
     resumed = CliRunner().invoke(grpo.cli, argv[2:])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.output and "step    2/2 | reward" in resumed.output
+
+
+def test_bad_grpo_values_are_refused_before_anything_loads(tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("beta: -0.1\n")
+    r = CliRunner().invoke(grpo.cli, ["--config", str(cfg), "--sft-adapter", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "g.yaml: beta: -0.1 is not allowed; beta must be a number >= 0" in r.output
+    r = CliRunner().invoke(grpo.cli, ["--group-size", "1", "--sft-adapter", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--group-size 1: group_size must be an integer >= 2" in r.output

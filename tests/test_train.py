@@ -154,7 +154,7 @@ def test_sft_trains_saves_and_resumes_exactly(tiny_model_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_path, monkeypatch):
     import mlx.core as mx
 
     data = write_data(tmp_path / "data")
@@ -162,9 +162,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_pat
     ok = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2"))
     assert ok.exit_code == 0, ok.output
     good = mx.load(str(out / "adapters.safetensors"))
-    bad = CliRunner().invoke(
-        train.cli, sft_args(tiny_model_path, data, out, "--iters", "8", "--resume", "--learning-rate", "nan")
-    )
+    real = train.completion_loss
+
+    def nan_loss(*args):
+        loss, ntoks = real(*args)
+        return loss * float("nan"), ntoks
+
+    monkeypatch.setattr(train, "completion_loss", nan_loss)
+    bad = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "8", "--resume"))
     assert bad.exit_code == 1
     assert "nan" in bad.output.lower() and "last good adapter (step 2)" in bad.output
     kept = mx.load(str(out / "adapters.safetensors"))
@@ -390,3 +395,59 @@ def test_validation_step_numbers_are_absolute_and_survive_resume(tiny_model_path
     assert r2.exit_code == 0, r2.output
     assert "step     4/4 | val loss" in r2.output and "step     3/4 | val loss" not in r2.output
     assert val_steps(half) == [0, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "yaml_text, flags, expected",
+    [
+        ('iters: "ten"\n', [], "c.yaml: iters: 'ten' is not allowed; iters must be an integer >= 1"),
+        (
+            "learning_rate: -1.0\n",
+            [],
+            "c.yaml: learning_rate: -1.0 is not allowed; learning_rate must be a number in (0, 1]",
+        ),
+        ("lr_schedule: linear\n", [], "lr_schedule must be one of 'cosine', 'constant'"),
+        ("lora_keys: []\n", [], "lora_keys must be a non-empty list"),
+        ("", ["--rank", "0"], "--rank 0: rank must be an integer >= 1"),
+        ("", ["--batch-size", "0"], "--batch-size 0: batch_size must be an integer >= 1"),
+        ("", ["--grad-accumulation-steps", "0"], "--grad-accumulation-steps 0: grad_accumulation_steps must be"),
+        ("", ["--num-layers", "0"], "--num-layers 0: num_layers must be an integer >= 1, or -1"),
+        ("", ["--dropout", "1.5"], "--dropout 1.5: dropout must be a number in [0, 1)"),
+        ("", ["--learning-rate", "nan"], "--learning-rate nan: learning_rate must be"),
+    ],
+)
+def test_bad_config_values_fail_before_the_model_loads_naming_key_source_and_range(
+    tmp_path, yaml_text, flags, expected
+):
+    """These used to train anyway or end in a TypeError/ZeroDivisionError traceback after the model loaded."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    data = write_data(tmp_path / "data")
+    args = ["sft", "--config", str(cfg), "--model", str(tmp_path / "no-model"), "--data", str(data), *flags]
+    result = CliRunner().invoke(train.cli, [*args, "--adapter-path", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output, result.output
+    assert "neither a local folder" not in result.output  # refused before the model was looked at
+
+
+def test_every_shipped_config_passes_its_schema():
+    import grpo
+    from runtime import load_config
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        defaults, schema = (
+            (grpo.GRPO_DEFAULTS, grpo.GRPO_SCHEMA)
+            if path.name.startswith("grpo")
+            else (train.SFT_DEFAULTS, train.SFT_SCHEMA)
+        )
+        load_config(path, defaults, schema=schema)
+
+
+def test_yaml_exponent_without_a_dot_is_the_number_meant(tmp_path):
+    """PyYAML reads `1e-4` as a string; a learning rate written that way is taken as 0.0001."""
+    from runtime import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1e-4\niters: 1.0e+3\n")
+    got = load_config(cfg, train.SFT_DEFAULTS, schema=train.SFT_SCHEMA)
+    assert got["learning_rate"] == 1e-4 and got["iters"] == 1000 and isinstance(got["iters"], int)
