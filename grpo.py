@@ -498,8 +498,12 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
     model, tokenizer, num_layers, params = build_policy(cfg)
 
+    warmup = runtime.fit_warmup(
+        cfg["warmup_steps"], cfg["steps"] * cfg["updates_per_batch"], "steps x updates_per_batch", echo
+    )
+
     def lr_schedule(step):
-        w = cfg["warmup_steps"]
+        w = warmup
         return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(w, 1))
 
     optimizer = optim.Adam(learning_rate=lr_schedule)

@@ -703,6 +703,20 @@ def load_checkpoint(ckpt, model, optimizer) -> dict:
     return json.loads((ckpt / "state.json").read_text())
 
 
+def fit_warmup(warmup: int, updates: int, what: str, echo=print) -> int:
+    """The warm-up a run of `updates` optimizer steps can use. A warm-up as long as the run or longer
+    would end the run at (or below) the peak learning rate with no decay at all - a short run with the
+    shipped 50-step warm-up did exactly that - so it is scaled to a tenth of the run, with a warning."""
+    if warmup < updates:
+        return warmup
+    scaled = updates // 10
+    echo(
+        f"warning: warmup_steps {warmup} >= the {updates} optimizer steps of this run ({what}); "
+        f"using {scaled} warm-up steps (a tenth of the run) so the schedule still runs its course"
+    )
+    return scaled
+
+
 def hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

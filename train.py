@@ -267,12 +267,12 @@ def lora_parameters(cfg) -> dict:
     }
 
 
-def make_optimizer(cfg):
+def make_optimizer(cfg, echo=print):
     import mlx.optimizers as optim
 
     lr = float(cfg["learning_rate"])
     updates = max(1, math.ceil(cfg["iters"] / cfg["grad_accumulation_steps"]))
-    warmup = min(int(cfg["warmup_steps"]), updates - 1)
+    warmup = runtime.fit_warmup(int(cfg["warmup_steps"]), updates, "iters / grad_accumulation_steps", echo)
     if cfg["lr_schedule"] == "constant":
         main = lr
     elif cfg["lr_schedule"] == "cosine":
@@ -399,7 +399,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     if valid_set and len(valid_set) < cfg["batch_size"]:
         valid_set = []  # too few to form one validation batch
 
-    optimizer = make_optimizer(cfg)
+    optimizer = make_optimizer(cfg, echo)
     start = 0
     if resume and existing:
         start = runtime.load_checkpoint(existing, model, optimizer)["step"]

@@ -451,3 +451,17 @@ def test_yaml_exponent_without_a_dot_is_the_number_meant(tmp_path):
     cfg.write_text("learning_rate: 1e-4\niters: 1.0e+3\n")
     got = load_config(cfg, train.SFT_DEFAULTS, schema=train.SFT_SCHEMA)
     assert got["learning_rate"] == 1e-4 and got["iters"] == 1000 and isinstance(got["iters"], int)
+
+
+def test_warmup_longer_than_the_run_is_scaled_with_a_warning():
+    """--iters 40 with the shipped 50 warm-up steps used to end the run at its peak learning rate."""
+    cfg = {**train.SFT_DEFAULTS, "iters": 40, "grad_accumulation_steps": 1, "warmup_steps": 50}
+    msgs = []
+    schedule = train.make_optimizer(cfg, echo=msgs.append)._schedulers["learning_rate"]
+    peak = cfg["learning_rate"]
+    assert msgs and "warmup_steps 50" in msgs[0] and "using 4" in msgs[0]
+    assert abs(schedule(4).item() - peak) < 1e-6 * peak  # warm-up done after 4 steps
+    assert schedule(39).item() < 0.2 * peak  # and the cosine decays by the end
+    ok = []
+    train.make_optimizer({**cfg, "iters": 400}, echo=ok.append)
+    assert ok == []
