@@ -268,7 +268,8 @@ def format_compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> st
 def load_score_file(path) -> list:
     """[(query, category, text)] from a JSONL of {"query", "text"|"output"[, "category"]}."""
     items, problems = [], []
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
+        raw = raw.lstrip("\ufeff")
         if not raw.strip():
             continue
         try:
@@ -282,9 +283,9 @@ def load_score_file(path) -> list:
             continue
         items.append((rec["query"], str(rec.get("category", "uncategorised")), text))
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, f"in {path}")
     if not items:
-        raise DataError([f"{path}: no records"])
+        raise DataError([f"{path}: no records"], f"in {path}")
     return items
 
 

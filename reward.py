@@ -632,8 +632,9 @@ def score_cmd(path, min_score, quiet):
     {"query": ..., "text": "..."} (generated outputs).
     """
     scores, bad_lines = [], 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM at the start is not part of the JSON
         for lineno, raw in enumerate(f, 1):
+            raw = raw.lstrip("\ufeff")
             if not raw.strip():
                 continue
             try:
