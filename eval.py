@@ -293,6 +293,33 @@ def load_score_file(path) -> list:
 # CLI
 
 
+def _check_fraction(value):
+    """--min-score is a fraction like the report's averages (printed as percentages): 80 would always fail."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        hint = f" (for {value:g}% write {value / 100:g})" if 1 < value <= 100 else ""
+        raise click.BadParameter(f"{value:g} is not a fraction in [0, 1]{hint}; the average score is 0-1")
+    return value
+
+
+def read_report(path) -> dict:
+    """An eval report (eval.py -o / grpo.py --eval-only -o), or a clear error saying what it is not."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError([f"{path}: not JSON ({exc})"], "with --compare") from None
+    summary = report.get("summary") if isinstance(report, dict) else None
+    results = report.get("results") if isinstance(report, dict) else None
+    needed = ("average", "format_valid_rate", "qmd_survival_rate", "excellent")
+    if not isinstance(results, list) or not isinstance(summary, dict) or any(k not in summary for k in needed):
+        raise DataError(
+            [f'{path}: not an eval report (needs "summary" and "results"; write one with eval.py -o FILE.json)'],
+            "with --compare",
+        )
+    if any(not isinstance(r, dict) or "query" not in r or "percentage" not in r for r in results):
+        raise DataError([f'{path}: "results" entries need "query" and "percentage"'], "with --compare")
+    return report
+
+
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(2)
@@ -324,7 +351,12 @@ def _fail(msg: str) -> None:
 @click.option("--sequential", is_flag=True, help="Generate one query at a time with mlx_lm.generate (for benchmarks).")
 @click.option("-v", "--verbose", is_flag=True, help="Show every output and every deduction.")
 @click.option("--output", "-o", "output_path", type=click.Path(), help="Write scores and outputs as JSON.")
-@click.option("--min-score", type=float, help="Exit 1 if the average score (0-1) is below this.")
+@click.option(
+    "--min-score",
+    type=float,
+    callback=lambda ctx, param, v: _check_fraction(v),
+    help="Exit 1 if the average score is below this fraction (0-1; 0.8 = 80%).",
+)
 @click.option(
     "--compare", nargs=2, type=click.Path(exists=True, dir_okay=False), help="Compare two --output JSON files."
 )
@@ -372,7 +404,10 @@ def cli(
 ):
     """Generate expansions for test queries and score them with reward.py."""
     if compare:
-        a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in compare)
+        try:
+            a, b = (read_report(p) for p in compare)
+        except DataError as err:
+            _fail(str(err))
         click.echo(format_compare(a, b, Path(compare[0]).stem, Path(compare[1]).stem))
         return
     if score_only:
@@ -404,8 +439,14 @@ def cli(
         )
     if gguf_path is None and not grammar:
         _fail("--no-grammar only applies to --gguf")
+    if not model_path and adapter_path:
+        try:  # the adapter records the base model it was trained on
+            model_path = runtime.adapter_base_model(adapter_path)
+        except runtime.ModelError as err:
+            _fail(str(err))
+        click.echo(f"base model {model_path} (from {adapter_path}/adapter_config.json)", err=True)
     if not model_path:
-        _fail("--model is required (or use --gguf / --compare / --score-only)")
+        _fail("--model is required (or --adapter, whose base model is used, or --gguf / --compare / --score-only)")
     import mlx.core as mx
 
     mx.random.seed(seed)

@@ -798,10 +798,7 @@ def _eval_only(cfg, adapter, queries, output, verbose):
     if adapter is None:
         out = Path(cfg["adapter_path"])
         adapter = out / "best" if (out / "best" / "adapter_config.json").exists() else out
-    chain = runtime.adapter_chain(adapter)
-    model_name = cfg["model"] or json.loads((chain[0] / "adapter_config.json").read_text()).get("base_model")
-    if not model_name:
-        raise runtime.ModelError(f"{chain[0]}: adapter_config.json does not name its base model; pass --model")
+    model_name = cfg["model"] or runtime.adapter_base_model(adapter)
     model, tokenizer = runtime.load_model(model_name, adapter)
     qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
     result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"])

@@ -640,6 +640,18 @@ def adapter_chain(adapter_path) -> list:
     return chain[::-1]
 
 
+def adapter_base_model(adapter_path) -> str:
+    """The base model an adapter (or its root parent) was trained on, from its adapter_config.json."""
+    root = adapter_chain(adapter_path)[0]
+    try:
+        name = json.loads((root / "adapter_config.json").read_text(encoding="utf-8")).get("base_model")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ModelError(f"{root}/adapter_config.json: not readable ({exc}); pass --model") from None
+    if not name:
+        raise ModelError(f"{root}/adapter_config.json does not name its base model; pass --model")
+    return str(name)
+
+
 def fuse_lora(model) -> None:
     """Fold every LoRA layer into its base linear (in memory), as mlx_lm.fuse does."""
     from mlx.utils import tree_unflatten
