@@ -96,6 +96,9 @@ def import_gguf(path, cache_dir: Path | None = None, quiet: bool = False) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out.parent))
     try:
         convert(path, tmp)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes the folder private; the cache is an ordinary folder
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished the same import first

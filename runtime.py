@@ -203,6 +203,13 @@ def doctor_report(quick: bool = False) -> dict:
 # Files
 
 
+def umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data) -> None:
     """Write text or bytes to `path` via a temp file in the same folder and a rename."""
     path = Path(path)
@@ -210,6 +217,7 @@ def atomic_write(path, data) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp creates 0600; an ordinary write honours the umask
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
             f.write(data)
             f.flush()
@@ -671,6 +679,7 @@ def save_safetensors_atomic(path, arrays: dict) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")
     mx.save_safetensors(str(tmp), arrays)
+    os.chmod(tmp, 0o666 & ~umask())  # MLX creates 0644 whatever the umask
     os.replace(tmp, path)
 
 

@@ -153,3 +153,24 @@ def test_replaced_run_cut_short_while_moving_puts_everything_back(tmp_path):
     os.replace(out / "metrics.jsonl", aside / "metrics.jsonl")  # killed after the first of two moves
     runtime.ReplacedRun(out, ["metrics.jsonl", "checkpoints"]).recover()
     assert _files(out) == old
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_output_files_honour_the_umask(tmp_path, mask):
+    """metrics.jsonl, config.yaml, adapter_config.json, state.json and eval JSON went through mkstemp
+    and came out 0600 whatever the umask."""
+    import mlx.core as mx
+
+    old = os.umask(mask)
+    try:
+        runtime.atomic_write(tmp_path / "a.txt", "x")
+        runtime.atomic_write_json(tmp_path / "state.json", {"step": 1})
+        runtime.save_config(tmp_path, {"iters": 1})
+        log = runtime.MetricsLog(tmp_path / "metrics.jsonl")
+        log.log({"step": 1})
+        log.truncate_after(1)
+        runtime.save_safetensors_atomic(tmp_path / "adapters.safetensors", {"w": mx.zeros((2,))})
+    finally:
+        os.umask(old)
+    for name in ["a.txt", "state.json", "config.yaml", "metrics.jsonl", "adapters.safetensors"]:
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
