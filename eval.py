@@ -53,9 +53,10 @@ def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presenc
     return sampler, processors
 
 
-def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling):
+def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling):
     """Expansions for `queries`, generated `batch_size` prompts at a time with the project's batched
-    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats)."""
+    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats). `progress(done)` is called
+    after every batch."""
     import decode
     from prompt import prompt_ids
 
@@ -68,6 +69,8 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **s
         for (sample,) in groups:
             texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
             gen_tokens += len(sample.tokens)
+        if progress is not None:
+            progress(len(texts))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
@@ -134,7 +137,16 @@ def load_gguf(path, n_ctx: int | None = None, seed: int = 0):
 
 
 def generate_gguf(
-    llm, queries, max_tokens=600, temp=0.7, top_p=0.8, top_k=20, presence_penalty=0.5, grammar=True, seed=0
+    llm,
+    queries,
+    max_tokens=600,
+    temp=0.7,
+    top_p=0.8,
+    top_k=20,
+    presence_penalty=0.5,
+    grammar=True,
+    seed=0,
+    progress=None,
 ):
     """Expansions for `queries` from llama.cpp, one query at a time as QMD asks. Returns (texts, stats).
 
@@ -161,6 +173,8 @@ def generate_gguf(
         )
         texts.append(out["choices"][0]["text"])
         gen_tokens += out["usage"]["completion_tokens"]
+        if progress is not None:
+            progress(len(texts))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
@@ -197,9 +211,11 @@ def score_outputs(items) -> dict:
     return {"summary": summary, "results": results}
 
 
-def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling) -> dict:
+def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling) -> dict:
     """Generate for [(query, category)] and score: {"summary", "results", "generation"}."""
-    texts, gen_stats = generate_batch(model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, **sampling)
+    texts, gen_stats = generate_batch(
+        model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, progress, **sampling
+    )
     out = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
     out["generation"] = {k: round(v, 3) for k, v in gen_stats.items()}
     return out
@@ -318,6 +334,18 @@ def read_report(path) -> dict:
     if any(not isinstance(r, dict) or "query" not in r or "percentage" not in r for r in results):
         raise DataError([f'{path}: "results" entries need "query" and "percentage"'], "with --compare")
     return report
+
+
+def _note(msg: str) -> None:
+    """Progress and status go to stderr: stdout is the report."""
+    click.echo(msg, err=True)
+
+
+def _progress(n: int, what: str, batch_size: int | None, max_tokens: int):
+    """Say at once what generation is about to do, then return the progress line printer."""
+    batches = f" in batches of {batch_size}" if batch_size else " one at a time"
+    _note(f"{what}: generating {n} expansions{batches}, up to {max_tokens} tokens each ...")
+    return runtime.Progress(n, what, _note, unit=" queries")
 
 
 def _fail(msg: str) -> None:
@@ -451,6 +479,7 @@ def cli(
 
     mx.random.seed(seed)
     sampling = {"temp": temp, "top_p": top_p, "top_k": top_k, "presence_penalty": presence_penalty}
+    _note(f"loading {model_path}" + (f" + {adapter_path}" if adapter_path else "") + " ...")
     try:
         model, tokenizer = runtime.load_model(model_path, adapter_path)
     except (runtime.ModelError, OSError, ValueError) as err:
@@ -467,7 +496,9 @@ def cli(
         result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
         result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     else:
-        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, **sampling)
+        name = adapter_path or model_path
+        progress = _progress(len(queries), str(name), batch_size, max_tokens)
+        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, progress, **sampling)
     result["config"] = {
         "model": model_path,
         "adapter": adapter_path,
@@ -477,7 +508,8 @@ def cli(
     }
     if baseline and adapter_path:
         base_model, base_tok = runtime.load_model(model_path)
-        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, **sampling)
+        progress = _progress(len(queries), "untuned base model", batch_size, max_tokens)
+        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, progress, **sampling)
         click.echo(format_report(base, verbose, title="== untuned base model =="))
         click.echo("")
         result["baseline"] = base
@@ -529,7 +561,8 @@ def _cli_gguf(
         f"llama.cpp: {Path(path).name}, {len(queries)} queries, grammar {'on' if grammar else 'off'}, {sampling}",
         err=True,
     )
-    texts, stats = generate_gguf(llm, [q for q, _ in queries], **settings)
+    progress = _progress(len(queries), Path(path).name, None, max_tokens)
+    texts, stats = generate_gguf(llm, [q for q, _ in queries], progress=progress, **settings)
     result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
     result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     result["config"] = {

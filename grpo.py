@@ -801,7 +801,8 @@ def _eval_only(cfg, adapter, queries, output, verbose):
     model_name = cfg["model"] or runtime.adapter_base_model(adapter)
     model, tokenizer = runtime.load_model(model_name, adapter)
     qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
-    result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"])
+    progress = ev._progress(len(qs), str(adapter), 16, cfg["eval_max_tokens"])
+    result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"], 16, progress)
     result["config"] = {"model": model_name, "adapter": str(adapter)}
     click.echo(ev.format_report(result, verbose, title=f"== {adapter} =="))
     if output:

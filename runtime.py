@@ -738,6 +738,29 @@ def fit_warmup(warmup: int, updates: int, what: str, echo=print) -> int:
     return scaled
 
 
+class Progress:
+    """`label: done/total (rate, ETA h:mm:ss)` lines for long work: the first and the last update and
+    at most one every `every` seconds in between, so a ten-minute generation is never silent and a
+    fast one prints two lines."""
+
+    def __init__(self, total: int, label: str, echo=print, every: float = 10.0, unit: str = ""):
+        self.total, self.label, self.echo, self.every, self.unit = total, label, echo, every, unit
+        self.t0 = self.last = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.shown and done < self.total and now - self.last < self.every:
+            return
+        self.last, self.shown = now, True
+        elapsed = now - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        self.echo(
+            f"{self.label}: {done}/{self.total}{self.unit} ({rate:.2f}/s, {hms(elapsed)} elapsed, ETA {hms(eta)})"
+        )
+
+
 def hms(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

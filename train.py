@@ -383,9 +383,12 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
             )
 
     # Data first: a broken file fails in a second, before any model is loaded.
+    echo(f"reading data from {cfg['data']} ...")
     train_ex, valid_ex = load_sft_data(cfg)
     mx.random.seed(cfg["seed"])
+    echo(f"loading {cfg['model']} (a GGUF is converted once, then cached) ...")
     model, tokenizer, num_layers, n_trainable = build_lora_model(cfg)
+    echo(f"tokenizing {len(train_ex) + len(valid_ex)} examples ...")
     train_set, too_long = tokenize(train_ex, tokenizer, cfg["max_seq_length"])
     valid_set, too_long_v = tokenize(valid_ex, tokenizer, cfg["max_seq_length"])
     if too_long or too_long_v:
@@ -449,7 +452,20 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
         from mlx_lm.tuner.trainer import evaluate
 
         t = time.perf_counter()
+        n_val = len(valid_set) // cfg["batch_size"]
+        n_val = n_val if cfg["val_batches"] == -1 else min(n_val, cfg["val_batches"])
+        progress = runtime.Progress(n_val, f"step {step:5d}/{cfg['iters']} | validation batches", echo)
+        done = [0]
+
+        def advance():
+            done[0] += 1
+            if done[0] < n_val:  # the val loss line reports the end
+                progress(done[0])
+
+        if step == start:
+            echo(f"step {step:5d}/{cfg['iters']} | validation loss over {n_val} batches ...")
         val_loss = evaluate(
+            progress_callback=advance,
             model=model,
             dataset=valid_set,
             batch_size=cfg["batch_size"],
@@ -474,6 +490,8 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
             window["n"] += 1
             if step % cfg["steps_per_report"] == 0 or step == cfg["iters"]:
                 self.report(step, info)
+            elif step == start + 1:  # printed, not logged: how fast this run goes is known after one step
+                self.report(step, info, log=False)
             if valid_set and (step % cfg["steps_per_eval"] == 0 or step == cfg["iters"]):
                 validate(step)
             if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
@@ -482,14 +500,16 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
                 clock["saved"] = last_good["step"] = step
                 _plot(out, metrics)
 
-        def report(self, step, info):
+        def report(self, step, info, log=True):
             loss = window["loss"] / max(window["n"], 1)
-            window.update(loss=0.0, n=0)
+            if log:
+                window.update(loss=0.0, n=0)
             now = time.perf_counter()
             dt = max(now - clock["last"], 1e-9)
             tps = (counters["tokens"] - clock["tokens"]) / dt
             completion_tps = (info["trained_tokens"] - clock["trained"]) / dt
-            clock.update(last=now, tokens=counters["tokens"], trained=info["trained_tokens"])
+            if log:
+                clock.update(last=now, tokens=counters["tokens"], trained=info["trained_tokens"])
             eta = (now - clock["t0"]) / max(step - start, 1) * (cfg["iters"] - step)
             rec = {
                 "step": step,
@@ -503,7 +523,8 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
                 "elapsed_s": round(now - clock["t0"], 1),
                 "eta_s": round(eta, 1),
             }
-            metrics.log(rec)
+            if log:
+                metrics.log(rec)
             echo(
                 f"step {step:5d}/{cfg['iters']} | loss {loss:.4f} | lr {info['learning_rate']:.2e} | "
                 f"{tps:,.0f} tok/s | peak {info['peak_memory']:.2f} GB | ETA {runtime.hms(eta)}"

@@ -206,3 +206,23 @@ def test_compare_on_a_file_that_is_not_a_report_is_a_clear_error(tmp_path):
         assert str(bad) in result.output and isinstance(result.exception, SystemExit)
     result = CliRunner().invoke(ev.cli, ["--compare", str(other), str(good)])
     assert "not an eval report" in result.output and "eval.py -o" in result.output
+
+
+def test_generation_reports_progress_with_an_eta(tiny_model_path, tmp_path):
+    """make demo's eval used to print nothing for ten minutes while it generated."""
+    args = ["--model", str(tiny_model_path), "--queries", str(queries_file(tmp_path)), "--max-tokens", "4"]
+    result = CliRunner().invoke(ev.cli, [*args, "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "generating 3 expansions in batches of 2" in result.stderr
+    assert "2/3 queries" in result.stderr and "3/3 queries" in result.stderr and "ETA" in result.stderr
+    assert "ETA" not in result.stdout  # stdout stays the report
+
+
+def test_progress_prints_first_last_and_at_most_every_interval():
+    import runtime
+
+    lines = []
+    p = runtime.Progress(100, "gen", lines.append, every=3600)
+    for i in range(1, 101):
+        p(i)
+    assert len(lines) == 2 and lines[0].startswith("gen: 1/100") and lines[1].startswith("gen: 100/100")

@@ -465,3 +465,19 @@ def test_warmup_longer_than_the_run_is_scaled_with_a_warning():
     ok = []
     train.make_optimizer({**cfg, "iters": 400}, echo=ok.append)
     assert ok == []
+
+
+def test_sft_says_what_it_is_doing_from_the_first_second(tiny_model_path, tmp_path):
+    """SFT used to be silent until its first report (36 s on the demo: model load, then validation)."""
+    data = write_split_data(tmp_path / "data")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "4", "--steps-per-report", "4"))
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("reading data from")
+    assert any(x.startswith(f"loading {tiny_model_path}") for x in lines[:3])
+    assert "step     0/4 | validation loss over 2 batches ..." in r.output
+    first = next(i for i, x in enumerate(lines) if x.startswith("step     1/4 | loss"))  # before any report step
+    assert first < next(i for i, x in enumerate(lines) if x.startswith("step     4/4 | loss"))
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
+    assert steps == [4]  # the early line is printed, the log keeps its cadence
