@@ -496,6 +496,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
     heldout = heldout[: cfg["eval_queries"]]
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
+    echo(f"loading {cfg['model']} + {cfg['sft_adapter']} ...")
     model, tokenizer, num_layers, params = build_policy(cfg)
 
     warmup = runtime.fit_warmup(
@@ -558,6 +559,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     t_start, step, stop_reason = time.perf_counter(), start, None
     try:
         if start == 0 and heldout:
+            echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
             evaluate_now(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
         while step < cfg["steps"] and not interrupted["flag"]:
             t0 = time.perf_counter()
