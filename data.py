@@ -114,8 +114,10 @@ def read_jsonl(path) -> tuple[list, list]:
         return [], [f"{path}: file not found"]
     except UnicodeDecodeError as exc:
         return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        raw = raw.lstrip(BOM)  # also inside a file: cat a.jsonl b.jsonl keeps b's BOM
+    # Lines end at "\n" only: str.splitlines() also splits at U+0085/U+2028/U+2029, which JSON writes
+    # unescaped inside strings (ensure_ascii=False), and would cut such a record in two.
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        raw = raw.rstrip("\r").lstrip(BOM)  # also inside a file: cat a.jsonl b.jsonl keeps b's BOM
         if not raw.strip():
             continue
         where = f"{path}:{lineno}"
@@ -201,7 +203,7 @@ def read_queries(path=EVAL_QUERIES) -> list:
     except UnicodeDecodeError as exc:
         raise DataError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"], "in the query file") from None
     out, problems, seen, category = [], [], {}, "uncategorised"
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip().lstrip(BOM).strip()
         if not line:
             continue

@@ -284,8 +284,8 @@ def format_compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> st
 def load_score_file(path) -> list:
     """[(query, category, text)] from a JSONL of {"query", "text"|"output"[, "category"]}."""
     items, problems = [], []
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1):
-        raw = raw.lstrip("\ufeff")
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), 1):
+        raw = raw.rstrip("\r").lstrip("\ufeff")  # "\n" only: U+2028 etc. may sit inside JSON strings
         if not raw.strip():
             continue
         try:

@@ -785,7 +785,7 @@ class MetricsLog:
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_text(encoding="utf-8").split("\n"):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by a crash: skip it, the rest is intact
