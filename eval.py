@@ -60,9 +60,10 @@ def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presenc
     return sampler, processors
 
 
-def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling):
+def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling):
     """Expansions for `queries`, generated `batch_size` prompts at a time with the project's batched
-    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats)."""
+    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats). `progress(done)` is called
+    after every batch."""
     import decode
     from prompt import prompt_ids
 
@@ -75,6 +76,8 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **s
         for (sample,) in groups:
             texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
             gen_tokens += len(sample.tokens)
+        if progress is not None:
+            progress(len(texts))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
@@ -141,7 +144,16 @@ def load_gguf(path, n_ctx: int | None = None, seed: int = 0):
 
 
 def generate_gguf(
-    llm, queries, max_tokens=600, temp=0.7, top_p=0.8, top_k=20, presence_penalty=0.5, grammar=True, seed=0
+    llm,
+    queries,
+    max_tokens=600,
+    temp=0.7,
+    top_p=0.8,
+    top_k=20,
+    presence_penalty=0.5,
+    grammar=True,
+    seed=0,
+    progress=None,
 ):
     """Expansions for `queries` from llama.cpp, one query at a time as QMD asks. Returns (texts, stats).
 
@@ -168,6 +180,8 @@ def generate_gguf(
         )
         texts.append(out["choices"][0]["text"])
         gen_tokens += out["usage"]["completion_tokens"]
+        if progress is not None:
+            progress(len(texts))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
@@ -235,9 +249,11 @@ def score_outputs(items) -> dict:
     return {"summary": summary, "results": results}
 
 
-def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling) -> dict:
+def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling) -> dict:
     """Generate for [(query, category)] and score: {"summary", "results", "generation"}."""
-    texts, gen_stats = generate_batch(model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, **sampling)
+    texts, gen_stats = generate_batch(
+        model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, progress, **sampling
+    )
     out = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
     out["generation"] = {k: round(v, 3) for k, v in gen_stats.items()}
     return out
@@ -313,7 +329,8 @@ def format_compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> st
 def load_score_file(path) -> list:
     """[(query, category, text)] from a JSONL of {"query", "text"|"output"[, "category"]}."""
     items, problems = [], []
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), 1):
+        raw = raw.rstrip("\r").lstrip("\ufeff")  # "\n" only: U+2028 etc. may sit inside JSON strings
         if not raw.strip():
             continue
         try:
@@ -327,14 +344,53 @@ def load_score_file(path) -> list:
             continue
         items.append((rec["query"], str(rec.get("category", "uncategorised")), text))
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, f"in {path}")
     if not items:
-        raise DataError([f"{path}: no records"])
+        raise DataError([f"{path}: no records"], f"in {path}")
     return items
 
 
 # ----------------------------------------------------------------------------
 # CLI
+
+
+def _check_fraction(value):
+    """--min-score is a fraction like the report's averages (printed as percentages): 80 would always fail."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        hint = f" (for {value:g}% write {value / 100:g})" if 1 < value <= 100 else ""
+        raise click.BadParameter(f"{value:g} is not a fraction in [0, 1]{hint}; the average score is 0-1")
+    return value
+
+
+def read_report(path) -> dict:
+    """An eval report (eval.py -o / grpo.py --eval-only -o), or a clear error saying what it is not."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError([f"{path}: not JSON ({exc})"], "with --compare") from None
+    summary = report.get("summary") if isinstance(report, dict) else None
+    results = report.get("results") if isinstance(report, dict) else None
+    needed = ("average", "format_valid_rate", "qmd_survival_rate", "excellent")
+    if not isinstance(results, list) or not isinstance(summary, dict) or any(k not in summary for k in needed):
+        raise DataError(
+            [f'{path}: not an eval report (needs "summary" and "results"; write one with eval.py -o FILE.json)'],
+            "with --compare",
+        )
+    if any(not isinstance(r, dict) or "query" not in r or "percentage" not in r for r in results):
+        raise DataError([f'{path}: "results" entries need "query" and "percentage"'], "with --compare")
+    return report
+
+
+def _note(msg: str) -> None:
+    """Progress and status go to stderr: stdout is the report."""
+    click.echo(msg, err=True)
+
+
+def _progress(n: int, what: str, batch_size: int | None, max_tokens: int):
+    """Say at once what generation is about to do, then return the progress line printer."""
+    batches = f" in batches of {batch_size}" if batch_size else " one at a time"
+    _note(f"{what}: generating {n} expansions{batches}, up to {max_tokens} tokens each ...")
+    return runtime.Progress(n, what, _note, unit=" queries")
 
 
 def _fail(msg: str) -> None:
@@ -368,7 +424,12 @@ def _fail(msg: str) -> None:
 @click.option("--sequential", is_flag=True, help="Generate one query at a time with mlx_lm.generate (for benchmarks).")
 @click.option("-v", "--verbose", is_flag=True, help="Show every output and every deduction.")
 @click.option("--output", "-o", "output_path", type=click.Path(), help="Write scores and outputs as JSON.")
-@click.option("--min-score", type=float, help="Exit 1 if the average score (0-1) is below this.")
+@click.option(
+    "--min-score",
+    type=float,
+    callback=lambda ctx, param, v: _check_fraction(v),
+    help="Exit 1 if the average score is below this fraction (0-1; 0.8 = 80%).",
+)
 @click.option(
     "--compare", nargs=2, type=click.Path(exists=True, dir_okay=False), help="Compare two --output JSON files."
 )
@@ -431,7 +492,10 @@ def cli(
 ):
     """Generate expansions for test queries and score them with reward.py."""
     if compare:
-        a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in compare)
+        try:
+            a, b = (read_report(p) for p in compare)
+        except DataError as err:
+            _fail(str(err))
         click.echo(format_compare(a, b, Path(compare[0]).stem, Path(compare[1]).stem))
         return
     if score_only:
@@ -479,12 +543,19 @@ def cli(
         )
     if gguf_path is None and not grammar:
         _fail("--no-grammar only applies to --gguf")
+    if not model_path and adapter_path:
+        try:  # the adapter records the base model it was trained on
+            model_path = runtime.adapter_base_model(adapter_path)
+        except runtime.ModelError as err:
+            _fail(str(err))
+        click.echo(f"base model {model_path} (from {adapter_path}/adapter_config.json)", err=True)
     if not model_path:
-        _fail("--model is required (or use --gguf / --compare / --score-only)")
+        _fail("--model is required (or --adapter, whose base model is used, or --gguf / --compare / --score-only)")
     import mlx.core as mx
 
     mx.random.seed(seed)
     sampling = {"temp": temp, "top_p": top_p, "top_k": top_k, "presence_penalty": presence_penalty}
+    _note(f"loading {model_path}" + (f" + {adapter_path}" if adapter_path else "") + " ...")
     try:
         model, tokenizer = runtime.load_model(model_path, adapter_path)
     except (runtime.ModelError, OSError, ValueError) as err:
@@ -501,7 +572,9 @@ def cli(
         result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
         result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     else:
-        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, **sampling)
+        name = adapter_path or model_path
+        progress = _progress(len(queries), str(name), batch_size, max_tokens)
+        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, progress, **sampling)
     result["config"] = {
         "model": model_path,
         "adapter": adapter_path,
@@ -511,7 +584,8 @@ def cli(
     }
     if baseline and adapter_path:
         base_model, base_tok = runtime.load_model(model_path)
-        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, **sampling)
+        progress = _progress(len(queries), "untuned base model", batch_size, max_tokens)
+        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, progress, **sampling)
         click.echo(format_report(base, verbose, title="== untuned base model =="))
         click.echo("")
         result["baseline"] = base
@@ -563,7 +637,8 @@ def _cli_gguf(
         f"llama.cpp: {Path(path).name}, {len(queries)} queries, grammar {'on' if grammar else 'off'}, {sampling}",
         err=True,
     )
-    texts, stats = generate_gguf(llm, [q for q, _ in queries], **settings)
+    progress = _progress(len(queries), Path(path).name, None, max_tokens)
+    texts, stats = generate_gguf(llm, [q for q, _ in queries], progress=progress, **settings)
     result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
     result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     result["config"] = {

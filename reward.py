@@ -215,13 +215,76 @@ def _word_count(text: str) -> float:
 
 
 def _near_duplicates(lows, min_diff: int) -> int:
-    """Pairs of lower-cased lines whose token sets differ by fewer than `min_diff` tokens (or are equal)."""
-    sets = [set(_tokens(x)) for x in lows]
+    """Pairs of lower-cased lines whose token sets differ by fewer than `min_diff` tokens (or are equal).
+
+    A few lines are compared pair by pair. Many lines (reward.py is a public scorer that users point
+    at any file: 10,000 lines took a minute pairwise) are counted in time linear in the number of
+    lines by _near_duplicates_hashed, which gives the same count for the rubric's min_diff 2 and 3.
+    """
+    sets = [frozenset(_tokens(x)) for x in lows]
+    n = len(sets)
+    if n > 16 and min_diff <= 3:
+        sizes = [len(x) for x in sets]
+        work = sum(sizes) if min_diff <= 2 else sum(m * m for m in sizes)
+        if work < n * (n - 1) // 2 * (1 + sum(sizes) // n):  # cheaper than comparing every pair
+            return _near_duplicates_hashed(sets, min_diff)
     dups = 0
-    for i in range(len(sets)):
-        for j in range(i + 1, len(sets)):
+    for i in range(n):
+        for j in range(i + 1, n):
             if len(sets[i] ^ sets[j]) < min_diff:
                 dups += 1
+    return dups
+
+
+def _near_duplicates_hashed(sets, min_diff: int) -> int:
+    """The pair count of _near_duplicates for min_diff <= 3 without comparing pairs.
+
+    Sets A, B with |A ^ B| = d < min_diff are: equal (d 0); B = A + x (d 1); B = A + x + y or
+    A = C + x, B = C + y (d 2). Each distinct set is keyed by (size, sum of its tokens' hashes), so a
+    set with one or two tokens removed is a dictionary look-up; every hit is verified with real set
+    operations, so hash collisions cannot change the count. Cost: O(tokens) per line for d <= 1,
+    O(tokens^2) per line for d = 2.
+    """
+    counts = Counter(sets)
+    dups = sum(c * (c - 1) // 2 for c in counts.values())
+    if min_diff <= 1:
+        return dups
+    hashes = {s: sum(map(hash, s)) for s in counts}
+    by_key: dict = {}
+    for s in counts:
+        by_key.setdefault((len(s), hashes[s]), []).append(s)
+    sizes = {len(s) for s in counts}
+    for b, cb in counts.items():  # d = 1: b minus one token is another line's set
+        if len(b) - 1 not in sizes:
+            continue
+        hb = hashes[b]
+        for x in b:
+            for a in by_key.get((len(b) - 1, hb - hash(x)), ()):
+                if x not in a and a < b:
+                    dups += counts[a] * cb
+    if min_diff <= 2:
+        return dups
+    groups: dict = {}  # (size, hash) of s minus one token -> [(s, the token)]
+    for b, cb in counts.items():
+        hb, items = hashes[b], list(b)
+        for i, x in enumerate(items):
+            hx = hash(x)
+            groups.setdefault((len(b) - 1, hb - hx), []).append((b, x))
+            if len(b) - 2 in sizes:  # d = 2 by two extra tokens: b minus x and y is another line's set
+                for y in items[i + 1 :]:
+                    for a in by_key.get((len(b) - 2, hb - hx - hash(y)), ()):
+                        if x not in a and y not in a and a < b:
+                            dups += counts[a] * cb
+    for members in groups.values():  # d = 2 by one swapped token: same set once one token is removed
+        if len(members) < 2:
+            continue
+        cores: dict = {}
+        for s, x in members:
+            cores.setdefault(s - {x}, []).append(counts[s])
+        for cs in cores.values():
+            if len(cs) > 1:
+                total = sum(cs)
+                dups += (total * total - sum(c * c for c in cs)) // 2
     return dups
 
 
@@ -632,8 +695,9 @@ def score_cmd(path, min_score, quiet):
     {"query": ..., "text": "..."} (generated outputs).
     """
     scores, bad_lines = [], 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM at the start is not part of the JSON
         for lineno, raw in enumerate(f, 1):
+            raw = raw.lstrip("\ufeff")
             if not raw.strip():
                 continue
             try:

@@ -233,3 +233,20 @@ def test_smollm2_greedy_tokens_match_llama_cpp(smollm2_file, tmp_path_factory):
             agree += ours == token
             assert ours == token or logits[pos, ours] - logits[pos, token] < 0.5, (query, pos)
     assert agree / total >= 0.9
+
+
+def test_truncated_gguf_says_so_with_expected_and_actual_bytes(tmp_path, smollm2_tok_meta):
+    """A GGUF cut short used to fail with "cannot reshape array of size ... into shape ..."."""
+    whole = tmp_path / "whole.gguf"
+    write_gguf(whole, "qwen3", smollm2_tok_meta)
+    size = whole.stat().st_size
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[: size * 2 // 3])
+    with pytest.raises(runtime.ModelError) as err:
+        runtime.resolve_model(str(cut))
+    msg = str(err.value)
+    assert "truncated" in msg and f"need {size:,} bytes" in msg and f"has {size * 2 // 3:,}" in msg
+    head = tmp_path / "head.gguf"
+    head.write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(runtime.ModelError, match="200 bytes; cut short inside its header"):
+        runtime.resolve_model(str(head))
