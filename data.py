@@ -312,7 +312,8 @@ def check_example(ex, min_score: float = 0.8) -> list:
         probs.append(f"hard failure: {s.hard_failure}")
     elif s.reward < min_score:
         worst = max(s.deductions, key=lambda d: d[1])[2] if s.deductions else "?"
-        probs.append(f"score {s.reward:.2f} below {min_score:.2f} ({s.rating}); biggest deduction: {worst}")
+        kinds = f"; breakage: {', '.join(s.issues)}" if s.issues else ""
+        probs.append(f"score {s.reward:.2f} below {min_score:.2f} ({s.rating}); biggest deduction: {worst}{kinds}")
     for kind, text in ex.output:
         if kind in ("lex", "vec") and not __import__("prompt").qmd_keeps(
             text, reward.analyze_query(ex.query).qmd_terms

@@ -15,6 +15,11 @@ Generation goes through mlx-lm's batched generator (one prefill per batch of pro
 decode loop) with the prompt contract from prompt.py, greedy unless a temperature is given.
 grpo.py uses `evaluate()` and `format_report()` from here, so every evaluation reads the same.
 
+An output that reached --max-tokens without the end token is marked truncated (from decode.py's
+Sample.finished, mlx-lm's finish_reason, llama.cpp's finish_reason "length"; `--score-only` reads a
+per-record "truncated" flag) and scores as a failure. The report counts each breakage kind of reward.py
+across the outputs ("repeated words 7, off-topic vec 3, truncated 2"); `--compare` lists them per run.
+
 `--gguf FILE` evaluates an exported GGUF (convert.py) through llama.cpp (llama-cpp-python) the way
 QMD runs it: the prompt rendered by the GGUF's own chat template, QMD's GBNF grammar (only
 `lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 0.5
@@ -62,19 +67,20 @@ def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presenc
 
 def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling):
     """Expansions for `queries`, generated `batch_size` prompts at a time with the project's batched
-    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats). `progress(done)` is called
-    after every batch."""
+    decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats); stats["truncated"] flags
+    each text that reached max_tokens without the end token. `progress(done)` is called after every batch."""
     import decode
     from prompt import prompt_ids
 
     opts = {"temp": 0.0, "top_p": 1.0, "top_k": 0, "presence_penalty": 0.0, **sampling}
     eos = set(tokenizer.eos_token_ids)
-    texts, gen_tokens, t0 = [], 0, time.perf_counter()
+    texts, truncated, gen_tokens, t0 = [], [], 0, time.perf_counter()
     for i in range(0, len(queries), batch_size):
         chunk = [prompt_ids(tokenizer, q) for q in queries[i : i + batch_size]]
         groups = decode.generate(model, chunk, max_tokens=max_tokens, stop_ids=eos, presence_window=64, **opts)
         for (sample,) in groups:
             texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
+            truncated.append(not sample.finished)
             gen_tokens += len(sample.tokens)
         if progress is not None:
             progress(len(texts))
@@ -83,34 +89,40 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, pro
         "seconds": seconds,
         "generated_tokens": gen_tokens,
         "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+        "truncated": truncated,
     }
 
 
 def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
     """One query at a time with mlx_lm.generate: the baseline the batched path is measured against."""
-    from mlx_lm import generate
+    from mlx_lm import stream_generate
 
     from prompt import prompt_ids
 
     sampler, processors = make_sampling(**sampling)
-    texts, t0 = [], time.perf_counter()
+    texts, truncated, t0 = [], [], time.perf_counter()
     gen_tokens = 0
     for q in queries:
-        text = generate(
+        text, finish = "", None
+        for response in stream_generate(  # what mlx_lm.generate does, keeping the finish reason
             model,
             tokenizer,
             prompt_ids(tokenizer, q),
             max_tokens=max_tokens,
             sampler=sampler,
             logits_processors=processors,
-        )
+        ):
+            text += response.text
+            finish = response.finish_reason
         texts.append(text)
+        truncated.append(finish == "length")
         gen_tokens += len(tokenizer.encode(text))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
         "generated_tokens": gen_tokens,
         "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+        "truncated": truncated,
     }
 
 
@@ -164,7 +176,7 @@ def generate_gguf(
 
     import convert
 
-    texts, gen_tokens, t0 = [], 0, time.perf_counter()
+    texts, truncated, gen_tokens, t0 = [], [], 0, time.perf_counter()
     for i, query in enumerate(queries):
         out = llm.create_completion(
             prompt=convert.gguf_prompt_ids(llm, query),
@@ -179,6 +191,7 @@ def generate_gguf(
             seed=seed + i,
         )
         texts.append(out["choices"][0]["text"])
+        truncated.append(out["choices"][0].get("finish_reason") == "length")
         gen_tokens += out["usage"]["completion_tokens"]
         if progress is not None:
             progress(len(texts))
@@ -187,6 +200,7 @@ def generate_gguf(
         "seconds": seconds,
         "generated_tokens": gen_tokens,
         "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+        "truncated": truncated,
     }
 
 
@@ -225,13 +239,15 @@ def qmd_summary(records) -> dict:
 # Scoring and reports
 
 
-def score_outputs(items) -> dict:
-    """Score [(query, category, text)] and summarise: the dict written by --output."""
+def score_outputs(items, truncated=None) -> dict:
+    """Score [(query, category, text)] and summarise: the dict written by --output. `truncated` (one flag
+    per item) marks outputs cut at max_tokens: they score as failures and are counted as such."""
     results, cats = [], defaultdict(list)
-    for query, category, text in items:
-        s = reward.score(query, text)
+    flags = truncated if truncated is not None else [False] * len(items)
+    for (query, category, text), cut in zip(items, flags, strict=True):
+        s = reward.score(query, text, truncated=bool(cut))
         d = s.to_dict()
-        d.update(category=category, text=text)
+        d.update(category=category, text=text, truncated=bool(cut))
         results.append(d)
         cats[category].append(s.reward)
     n = max(len(results), 1)
@@ -244,6 +260,8 @@ def score_outputs(items) -> dict:
         "format_valid_rate": round(sum(1 for r in results if r["format_valid"]) / n, 4),
         "qmd_survival_rate": round(kept / total_lines, 4) if total_lines else 0.0,
         "hard_failures": sum(1 for r in results if r["hard_failure"]),
+        "truncated": sum(1 for r in results if r["truncated"]),
+        "issues": dict(reward.issue_counts(r["issues"] for r in results).most_common()),
         "per_category": {c: round(sum(v) / len(v), 4) for c, v in cats.items()},
     }
     return {"summary": summary, "results": results}
@@ -254,7 +272,8 @@ def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=
     texts, gen_stats = generate_batch(
         model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, progress, **sampling
     )
-    out = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+    cut = gen_stats.pop("truncated")
+    out = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)], truncated=cut)
     out["generation"] = {k: round(v, 3) for k, v in gen_stats.items()}
     return out
 
@@ -286,6 +305,7 @@ def format_report(result: dict, verbose: bool = False, title: str = "") -> str:
         f"\naverage {100 * s['average']:.1f}%  |  excellent {s['excellent']}/{s['queries']}  |  "
         f"format-valid {100 * s['format_valid_rate']:.1f}%  |  QMD keeps {100 * s['qmd_survival_rate']:.1f}% of lex/vec lines"
     )
+    lines.append(f"breakage (outputs with each kind): {reward.format_issues(_issues(result))}")
     if "generation" in result:
         g = result["generation"]
         lines.append(
@@ -323,11 +343,31 @@ def format_compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> st
     ):
         lines.append(f"{label:44} {100 * sa[key]:7.1f}% {100 * sb[key]:7.1f}% {100 * (sb[key] - sa[key]):+6.1f}")
     lines.append(f"{'excellent':44} {sa['excellent']:8} {sb['excellent']:8} {sb['excellent'] - sa['excellent']:+7}")
+    ia, ib = _issues(a), _issues(b)
+    lines.append("breakage (outputs with each kind):")
+    for kind in sorted(set(ia) | set(ib), key=lambda k: (-(ia.get(k, 0) + ib.get(k, 0)), k)):
+        na, nb = ia.get(kind, 0), ib.get(kind, 0)
+        lines.append(f"  {kind:42} {na:8} {nb:8} {nb - na:+7}")
+    if not ia and not ib:
+        lines.append("  none")
     return "\n".join(lines)
 
 
+def _issues(result: dict) -> dict:
+    """Breakage kind -> outputs showing it. Runs written before reward.py knew breakage have no "issues":
+    their texts are rescored with the current rubric."""
+    if "issues" in result.get("summary", {}):
+        return result["summary"]["issues"]
+    return dict(
+        reward.issue_counts(
+            reward.score(r["query"], r.get("text") or "", truncated=r.get("truncated", False)).issues
+            for r in result["results"]
+        )
+    )
+
+
 def load_score_file(path) -> list:
-    """[(query, category, text)] from a JSONL of {"query", "text"|"output"[, "category"]}."""
+    """[(query, category, text, truncated)] from a JSONL of {"query", "text"|"output"[, "category", "truncated"]}."""
     items, problems = [], []
     for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), 1):
         raw = raw.rstrip("\r").lstrip("\ufeff")  # "\n" only: U+2028 etc. may sit inside JSON strings
@@ -342,7 +382,7 @@ def load_score_file(path) -> list:
         if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or text is None:
             problems.append(f'{path}:{lineno}: needs "query" and "text" (a string) or "output" (pairs)')
             continue
-        items.append((rec["query"], str(rec.get("category", "uncategorised")), text))
+        items.append((rec["query"], str(rec.get("category", "uncategorised")), text, reward.record_truncated(rec)))
     if problems:
         raise DataError(problems, f"in {path}")
     if not items:
@@ -500,7 +540,8 @@ def cli(
         return
     if score_only:
         try:
-            result = score_outputs(load_score_file(score_only))
+            items = load_score_file(score_only)
+            result = score_outputs([i[:3] for i in items], truncated=[i[3] for i in items])
         except DataError as err:
             _fail(str(err))
         return _finish(result, verbose, output_path, min_score)
@@ -569,7 +610,8 @@ def cli(
 
     if sequential:
         texts, stats = generate_sequential(model, tokenizer, [q for q, _ in queries], max_tokens, **sampling)
-        result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+        cut = stats.pop("truncated")
+        result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)], truncated=cut)
         result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     else:
         name = adapter_path or model_path
@@ -639,7 +681,8 @@ def _cli_gguf(
     )
     progress = _progress(len(queries), Path(path).name, None, max_tokens)
     texts, stats = generate_gguf(llm, [q for q, _ in queries], progress=progress, **settings)
-    result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+    cut = stats.pop("truncated")
+    result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)], truncated=cut)
     result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     result["config"] = {
         "gguf": str(path),

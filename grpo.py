@@ -12,7 +12,9 @@ The algorithm, one step:
      small GRPO LoRA (rank 4, q/v projections). All B x G completions decode together in
      decode.py's batched sampler; each prompt is prefilled once and shared by its G samples.
   3. Reward every completion with reward.py; advantage A = (r - mean_group) / (std_group + 1e-4).
-     A group whose rewards are all equal carries no signal and is skipped entirely.
+     A completion cut at max_completion_tokens without the end token is scored as truncated (0), so
+     running to the cap never pays. A group whose rewards are all equal carries no signal and is
+     skipped entirely. Held-out evaluations log the count of each breakage kind (eval_issues).
   4. `updates_per_batch` optimizer steps on the batch. Per completion token:
         ratio = exp(logp - logp_rollout)
         loss  = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + beta * k3
@@ -40,6 +42,7 @@ import runtime
 
 runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux
 
+import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
@@ -380,9 +383,10 @@ def adapter_config(cfg, num_layers, params, extra=None) -> dict:
     }
 
 
-def default_scorer(query: str, text: str) -> tuple:
-    """(reward in [0, 1], format-valid) from reward.py: the single source of truth."""
-    s = reward.score(query, text)
+def default_scorer(query: str, text: str, truncated: bool = False) -> tuple:
+    """(reward in [0, 1], format-valid) from reward.py: the single source of truth. A rollout cut at
+    max_completion_tokens (truncated) scores 0: GRPO must not learn that running to the cap pays."""
+    s = reward.score(query, text, truncated=truncated)
     return s.reward, s.format_valid
 
 
@@ -410,6 +414,15 @@ def run_inputs(cfg) -> dict:
     return inputs
 
 
+def _takes_truncated(scorer) -> bool:
+    """Whether a scorer accepts truncated= (custom scorers written for (query, text) still work)."""
+    try:
+        params = inspect.signature(scorer).parameters
+    except (TypeError, ValueError):
+        return False
+    return "truncated" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scorer) -> dict:
     """Run (or resume) GRPO. With --overwrite the previous run is moved aside, not deleted, until the
     new run has written its first checkpoint; a failure before that puts it back."""
@@ -434,6 +447,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     import eval as ev
     from prompt import prompt_ids
 
+    pass_truncated = _takes_truncated(scorer)
     sft_cfg_file = Path(cfg["sft_adapter"]) / "adapter_config.json"
     if not sft_cfg_file.exists():
         raise runtime.ModelError(
@@ -501,7 +515,14 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     def evaluate_now(step):
         result = ev.evaluate(model, tokenizer, heldout, cfg["eval_max_tokens"], batch_size=16)
         s = result["summary"]
-        metrics.log({"step": step, "eval_score": s["average"], "eval_format_valid": s["format_valid_rate"]})
+        metrics.log(
+            {
+                "step": step,
+                "eval_score": s["average"],
+                "eval_format_valid": s["format_valid_rate"],
+                "eval_issues": s["issues"],  # held-out outputs showing each breakage kind (reward.py)
+            }
+        )
         improved = s["average"] > best["score"]
         if improved:
             best.update(score=s["average"], step=step)
@@ -549,7 +570,10 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
             rewards, valid, lengths, truncated, work = [], [], [], [], []
             for q, p, group in zip(queries, prompts, groups):
                 texts = [tokenizer.decode([t for t in s.tokens if t not in eos]) for s in group]
-                scored = [scorer(q, t) for t in texts]
+                if pass_truncated:  # a rollout cut at the token cap is a failure
+                    scored = [scorer(q, t, truncated=not s.finished) for t, s in zip(texts, group)]
+                else:
+                    scored = [scorer(q, t) for t in texts]
                 r = [x for x, _ in scored]
                 rewards += r
                 valid += [ok for _, ok in scored]

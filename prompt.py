@@ -235,7 +235,11 @@ _NON_TERM_RE = re.compile(r"[^a-z0-9\s]")
 
 def qmd_query_terms(query: str) -> tuple:
     """QMD's query terms: lower-case, everything but a-z0-9/whitespace blanked, split on whitespace."""
-    return tuple(_NON_TERM_RE.sub(" ", query.lower()).split())
+    low = query.lower()
+    words = low.split()
+    if low.isascii() and "".join(words).isalnum():  # nothing to blank (most queries): skip the regex
+        return tuple(words)
+    return tuple(_NON_TERM_RE.sub(" ", low).split())
 
 
 def qmd_keeps(text: str, terms) -> bool:

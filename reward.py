@@ -2,7 +2,8 @@
 
     python reward.py                      # self-test on built-in good/bad pairs; exits 1 on a wrong ordering
     python reward.py score FILE.jsonl     # score a data file ({"query", "output": [[type, text], ...]})
-                                          # or an eval dump ({"query", "text"}); prints every deduction
+                                          # or an eval dump ({"query", "text"[, "truncated": true]});
+                                          # prints every deduction and counts the breakage kinds
 
 The rubric (the seeds' SCORING.md), in points:
 
@@ -20,12 +21,59 @@ The rubric (the seeds' SCORING.md), in points:
     survival  -20..0    -5 per lex/vec line that QMD would drop at run time (it shares no query term)
     language  -40..0    a query in a non-Latin script (Chinese, Russian, ...) expanded mostly in another
                         script: -40; otherwise -10 per vec/hyde line in another script
+    breakage  -90..0    degenerate output (below): -30 for the first case of each kind, -10 for each
+                        further case of a kind already found
 
     max = 120, or 140 with a hyde line; score = clamp(total / max, 0, 1)
     Excellent >= 0.80, Good >= 0.60, Acceptable >= 0.40, Poor >= 0.20, else Failed
 
-Hard failures score 0: empty output, a leaked chat-template token (<|im_end|>, ...), or any non-blank
-line without a lex:/vec:/hyde: prefix.
+Hard failures score 0: empty output, a leaked chat-template token (<|im_end|>, ...), any non-blank
+line without a lex:/vec:/hyde: prefix, and output cut by the token cap (`score(..., truncated=True)`:
+generation reached max_tokens without the end token; QMD would get a half line, and GRPO must not learn
+that running to the cap pays - TRL's mask_truncated_completions drops such completions for that reason).
+
+Breakage. A model that loops or pads can satisfy every dimension above (the demo adapter wrote
+`lex: line line line` for "who wrote this line" and scored 91%), and GRPO finds such holes. Each kind
+costs 30 points, more than the 28 (of 140) between a perfect score and the Excellent line, so any one
+of them leaves Excellent. Score.issues lists the kinds found; eval.py counts them. Kind, rule, and why:
+
+    repeated words        a lex/vec line uses a word 3+ times, or a lex line doubles it ("starter
+                          starter"), beyond what the query repeats. QMD ANDs lex terms and embeds vec
+                          lines: a repeated word adds nothing and pushes the line's meaning to one word.
+    near-duplicate lines  two lex (vec) lines whose word sets differ by under 2 (3) words, or by one
+                          word and its plural (`jwt token expiry` / `... expiry time` / `... times`).
+                          QMD runs every line: a near copy spends a search on the same documents.
+    query plus filler     a lex/vec line that is the query plus only filler words (guide, tips,
+                          tutorial, explained, information, ...). BM25 then also demands "tips".
+    token chain           a hyphen/underscore/dot chain that repeats a part (commit-local-origin-origin,
+                          python_match_match_case) or two doubled chains (blame-blame revs-revs): such a
+                          token matches no document, and ANDed with the rest it empties the lex result.
+    looping hyde          hyde uses a word 4+ times, a 4-word phrase twice or a 3-word phrase three times:
+                          a looping passage embeds as the loop, far from any real document.
+    shuffled-query hyde   hyde adds at most one word to the query's own: its embedding is the query's, so
+                          the hypothetical-document search adds nothing.
+    off-topic lex/vec     a lex/vec line sharing no content word with the query (key terms split at
+                          punctuation, substring match as QMD does), nor a word with an on-topic line of
+                          the same output (a paraphrase tied to one stays). QMD drops it, or worse (when
+                          it shares a stop word) searches for something else.
+    unrelated lex words   a lex line pairing the query's words with 2+ words that nothing ties to the query
+                          ("sqlite banana bicycle"): not in the query, in no other line, never in one
+                          training example (data/*.jsonl) with a query word or with a specific word of
+                          the output, nor with each other. ANDed, they make the line match nothing.
+    placeholder           template text: {query}, [KEYWORDS], <insert ...>, lorem ipsum, keyword1, the
+                          prompt's own words ("hypothetical document", "natural language reformulation"),
+                          a TODO/TBD/FIXME marker as a whole line or its last word. It matches no document.
+    invented number       a number, version or code in a lex line (python 4.2, PEP-9921, RFC 7731) that
+                          the query lacks, no other line gives, and no training example has with the
+                          query's words. BM25 requires it, so it narrows the search to the wrong documents.
+
+An off-topic line and a lex line with unrelated words are also left out of every other dimension, as if
+absent, so keeping one always costs more than leaving it out. Two rules (unrelated words, invented
+numbers) need to know what is related without a language model: they use co-occurrence in the training
+data, so they cannot judge a query whose words the data lacks, and they miss an unrelated word that the
+data happens to pair with the query. Left out of the training data, a data example is flagged by them
+about 1% of the time each (false alarms on held-out queries; measured leaving each example out in turn).
+What the rubric cannot see: whether a fact is true, whether a synonym is right, how documents rank.
 
 Named entities follow the rubric's heuristics (acronyms, capitalised words after the first, words with
 . + # @ _ or inner capitals, and the word after an entity). When a query has none, its key terms (words
@@ -33,7 +81,8 @@ that are not stop words) stand in for them, so "auth config" must still keep "au
 CJK text has no spaces: a CJK run matches a line when they share any two-character substring.
 
 Speed matters (GRPO scores every sample): query analysis is cached, the hot path is plain string
-operations, and nothing here imports MLX. Nothing raises: any input returns a value in [0, 1].
+operations with every breakage check behind a cheap gate, and nothing here imports MLX. Nothing
+raises: any input returns a value in [0, 1].
 """
 
 from __future__ import annotations
@@ -49,7 +98,7 @@ from typing import NamedTuple
 
 import click
 
-from prompt import parse_output, qmd_keeps, qmd_query_terms
+from prompt import parse_output, qmd_query_terms
 
 # ----------------------------------------------------------------------------
 # Word lists
@@ -109,6 +158,8 @@ _NONLATIN_RE = re.compile(f"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0df
 _STRIP = ".,!?:;()[]{}\"'`“”‘’«»"
 _ENTITY_CHARS = frozenset(".+#@_")
 _GENERIC_RE = re.compile("|".join(map(re.escape, GENERIC_LEX_PHRASES)))
+_PARTS_RE = re.compile(r"[^\W_]+")
+_AZ09_RE = re.compile(r"[a-z0-9]")
 
 RATINGS = ((0.80, "Excellent"), (0.60, "Good"), (0.40, "Acceptable"), (0.20, "Poor"), (0.0, "Failed"))
 
@@ -146,46 +197,73 @@ def _term(low: str):
 
 class QueryInfo(NamedTuple):  # immutable (it is cached) and cheap to build
     norm: str  # lower-case, single spaces, no trailing punctuation: for echo detection
+    norm_words: int  # words in norm
+    plain: bool  # every term is a plain string (no CJK bigram tuples): matched with one C-level scan each
     entities: tuple  # terms that lex lines must keep (named entities, else key terms)
     named: bool  # True when `entities` are real named entities
     key_terms: tuple  # content words of the query
     qmd_terms: tuple  # QMD's run-time filter terms
     nonlatin: bool  # the query is (partly) written in a non-Latin script
+    low: str  # the query in lower case
+    words: tuple  # its lower-case words, punctuation stripped (repetition allowances)
+    word_set: frozenset
+    topic: tuple  # what an on-topic line must share: key terms split at punctuation (ctx.Done -> ctx, done)
+    key_qmd: bool  # every key term holds one of QMD's terms: a line with a key term survives QMD's filter
 
 
 @lru_cache(maxsize=65536)
 def analyze_query(query: str) -> QueryInfo:
-    words = []
+    entities, key_terms, low_words, topic = [], [], [], []
+    prev, i, key_qmd = False, 0, True
     for raw in query.split():
-        if raw.startswith("-") and len(raw) > 1:  # an exclusion ("-car") is not something to keep
+        if raw[0] == "-" and len(raw) > 1:  # an exclusion ("-car") is not something to keep
             continue
         w = raw.strip(_STRIP)
-        if w:
-            words.append(w)
-    entities, key_terms, prev = [], [], False
-    for i, w in enumerate(words):
-        low = w.lower()
-        is_ent = _is_entity_word(w, low, i, prev)
-        term = _term(low)
+        if not w:
+            continue
+        if w.islower() and w.isalpha():  # a plain lower-case word (most): an entity only after one
+            low, is_ent = w, prev and w not in STOPWORDS
+        else:
+            low = w.lower()
+            is_ent = _is_entity_word(w, low, i, prev)
+        low_words.append(low)
+        term = low if low.isascii() else _term(low)
         if is_ent:
             entities.append(term)
         if low not in STOPWORDS and (len(w) >= 2 or _CJK_RE.search(w)):
             key_terms.append(term)
+            if key_qmd and not (low.isascii() and low.isalnum()) and (term is not low or not _AZ09_RE.search(low)):
+                key_qmd = False
+            if term is not low:  # CJK bigrams
+                topic.append(term)
+            elif low.isalnum():
+                topic.append(low)
+            else:  # split at punctuation: ctx.done -> ctx, done
+                topic.extend([x for x in _PARTS_RE.findall(low) if len(x) >= 2] or [low])
         prev = is_ent
+        i += 1
     if query.isascii():  # most queries: no per-character scan needed
         nonlatin = False
     else:
         n_nonlatin = sum(1 for c in _NONLATIN_RE.findall(query) if c.isalpha())
         n_letters = sum(1 for c in query if c.isalpha())
         nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
-    named = bool(entities)
+    key_terms = tuple(dict.fromkeys(key_terms))
+    norm = _norm(query)
     return QueryInfo(
-        norm=_norm(query),
-        entities=tuple(dict.fromkeys(entities or key_terms)),
-        named=named,
-        key_terms=tuple(dict.fromkeys(key_terms)),
+        norm=norm,
+        norm_words=len(norm.split()),
+        plain=query.isascii() or not _CJK_RE.search(query),
+        entities=tuple(dict.fromkeys(entities)) if entities else key_terms,
+        named=bool(entities),
+        key_terms=key_terms,
         qmd_terms=qmd_query_terms(query),
         nonlatin=nonlatin,
+        low=query.lower(),
+        words=tuple(low_words),
+        word_set=frozenset(low_words),
+        topic=tuple(dict.fromkeys(topic)),
+        key_qmd=key_qmd and bool(key_terms),
     )
 
 
@@ -203,89 +281,11 @@ def _has_term(low: str, terms) -> bool:
     return False
 
 
-def _tokens(low: str) -> list:
-    return _TOKEN_RE.findall(low) if not low.isascii() and _CJK_RE.search(low) else low.split()
-
-
 def _word_count(text: str) -> float:
     if text.isascii() or not _CJK_RE.search(text):
         return len(text.split())
     cjk = len(_CJK_RE.findall(text))
     return cjk / 2 + len(_CJK_RUN_RE.sub(" ", text).split())
-
-
-def _near_duplicates(lows, min_diff: int) -> int:
-    """Pairs of lower-cased lines whose token sets differ by fewer than `min_diff` tokens (or are equal).
-
-    A few lines are compared pair by pair. Many lines (reward.py is a public scorer that users point
-    at any file: 10,000 lines took a minute pairwise) are counted in time linear in the number of
-    lines by _near_duplicates_hashed, which gives the same count for the rubric's min_diff 2 and 3.
-    """
-    sets = [frozenset(_tokens(x)) for x in lows]
-    n = len(sets)
-    if n > 16 and min_diff <= 3:
-        sizes = [len(x) for x in sets]
-        work = sum(sizes) if min_diff <= 2 else sum(m * m for m in sizes)
-        if work < n * (n - 1) // 2 * (1 + sum(sizes) // n):  # cheaper than comparing every pair
-            return _near_duplicates_hashed(sets, min_diff)
-    dups = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            if len(sets[i] ^ sets[j]) < min_diff:
-                dups += 1
-    return dups
-
-
-def _near_duplicates_hashed(sets, min_diff: int) -> int:
-    """The pair count of _near_duplicates for min_diff <= 3 without comparing pairs.
-
-    Sets A, B with |A ^ B| = d < min_diff are: equal (d 0); B = A + x (d 1); B = A + x + y or
-    A = C + x, B = C + y (d 2). Each distinct set is keyed by (size, sum of its tokens' hashes), so a
-    set with one or two tokens removed is a dictionary look-up; every hit is verified with real set
-    operations, so hash collisions cannot change the count. Cost: O(tokens) per line for d <= 1,
-    O(tokens^2) per line for d = 2.
-    """
-    counts = Counter(sets)
-    dups = sum(c * (c - 1) // 2 for c in counts.values())
-    if min_diff <= 1:
-        return dups
-    hashes = {s: sum(map(hash, s)) for s in counts}
-    by_key: dict = {}
-    for s in counts:
-        by_key.setdefault((len(s), hashes[s]), []).append(s)
-    sizes = {len(s) for s in counts}
-    for b, cb in counts.items():  # d = 1: b minus one token is another line's set
-        if len(b) - 1 not in sizes:
-            continue
-        hb = hashes[b]
-        for x in b:
-            for a in by_key.get((len(b) - 1, hb - hash(x)), ()):
-                if x not in a and a < b:
-                    dups += counts[a] * cb
-    if min_diff <= 2:
-        return dups
-    groups: dict = {}  # (size, hash) of s minus one token -> [(s, the token)]
-    for b, cb in counts.items():
-        hb, items = hashes[b], list(b)
-        for i, x in enumerate(items):
-            hx = hash(x)
-            groups.setdefault((len(b) - 1, hb - hx), []).append((b, x))
-            if len(b) - 2 in sizes:  # d = 2 by two extra tokens: b minus x and y is another line's set
-                for y in items[i + 1 :]:
-                    for a in by_key.get((len(b) - 2, hb - hx - hash(y)), ()):
-                        if x not in a and y not in a and a < b:
-                            dups += counts[a] * cb
-    for members in groups.values():  # d = 2 by one swapped token: same set once one token is removed
-        if len(members) < 2:
-            continue
-        cores: dict = {}
-        for s, x in members:
-            cores.setdefault(s - {x}, []).append(counts[s])
-        for cs in cores.values():
-            if len(cs) > 1:
-                total = sum(cs)
-                dups += (total * total - sum(c * c for c in cs)) // 2
-    return dups
 
 
 def is_generic_lex(low: str) -> bool:
@@ -298,6 +298,109 @@ def is_generic_lex(low: str) -> bool:
             if len("".join(remaining.split())) < 3:
                 return True
     return False
+
+
+# ----------------------------------------------------------------------------
+# Breakage: degenerate expansions that must not score Excellent (see the rubric in the docstring)
+
+BREAKAGE_POINTS = 30  # the first case of a kind: 140 - 30 < 0.80 x 140, so any one kind leaves Excellent
+BREAKAGE_MORE = 10  # each further case of the same kind
+BREAKAGE_CAP = 90
+SPECIFIC_DF = 20  # a word in at most this many training examples says what an output is about
+# Words that add nothing to a keyword or vector search when tacked onto the query.
+FILLER_WORDS = frozenset(
+    # not "query", "search", "topics", "summary", "quick": in the data they are real terms (a Dataview
+    # query, Kafka topics, a handoff summary, quick recipes)
+    "guide guides tutorial tutorials tips tricks info information details overview explained explanation "
+    "basics help examples meaning introduction intro things stuff article articles resources online "
+    "complete ultimate general related various everything detailed facts thing "
+    "guía información informationen anleitung tipps erklärung informations conseils explication"
+    " руководство информация".split()
+)
+# Placeholders and template text: an unfilled template slot ({query}, [KEYWORDS], <insert ...>), lorem
+# ipsum, the prompt's own words for the line types, a to-do marker as a whole line or its last word (not
+# org-mode's TODO keyword). Each pattern runs only on lines holding one of its trigger characters or words.
+_SLOT = r"(?:query|keywords?|topic|terms?|subject|entity|placeholder|search[ _]?(?:query|terms?)|user[ _]?query)"
+_SLOT_RE = re.compile(
+    rf"\{{\{{?\s*{_SLOT}\s*\}}\}}?|\[\s*(?:{_SLOT}|insert\b[^\]]*|your\b[^\]]*)\s*\]|<\s*(?:{_SLOT}|insert\b[^>]*|your\b[^>]*)\s*>"
+)
+_PHRASE_RE = re.compile(
+    r"lorem ipsum|\bkeyword[ _]?\d\b|\bhypothetical (?:document|passage)|\bnatural[- ]language (?:reformulation|version|rewrite)"
+    r"|\bkeyword query for\b|\b(?:your|the) (?:search )?query here\b|\bquery goes here\b|\binsert (?:query|keywords?|text) here\b"
+)
+_PHRASE_TRIGGERS = frozenset(
+    "lorem hypothetical natural natural-language keyword keywords keyword1 keyword2 keyword3 keyword_1 keyword_2 "
+    "query insert".split()
+)
+_MARKERS = ("TODO", "TBD", "FIXME", "XXX")
+# Numbers, versions and codes in a lex line: 3.10, 27, 100w, v2.3, PEP-9921, CVE-2014-0160
+_NUMBER_RE = re.compile(r"v?\d+(?:[.,:]\d+)*[a-z%]{0,3}|[a-z]{2,}-\d+(?:-\d+)*")
+_DIGIT_RE = re.compile(r"\d")
+_WORD_RE = re.compile(r"[^\W\d_]{3,}")  # letters only (any script), 3+: the units of relatedness
+_CHAIN_SEPS = ("-", "_", ".")
+
+
+@lru_cache(maxsize=1)
+def _lexicon() -> dict:
+    """Which training examples each word (5-letter prefix) or number occurs in: {key: set of ids}.
+
+    Built once from data/*.jsonl beside this file (empty without it). Two rules need it to tell a
+    related term from an unrelated one without a language model: two words are related when some
+    hand-written example uses both."""
+    from pathlib import Path
+
+    lex, i = {}, 0
+    for path in sorted((Path(__file__).resolve().parent / "data").glob("*.jsonl")):
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(raw)
+                text = rec["query"] + "\n" + "\n".join(t for _, t in rec["output"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            for key in _keys(text.lower()):
+                lex.setdefault(key, set()).add(i)
+            i += 1
+    return lex
+
+
+def _keys(low: str) -> set:
+    """Lexicon keys of lower-case text: 5-letter prefixes of its words, and its number tokens."""
+    keys = {w[:5] for w in _WORD_RE.findall(low) if w not in STOPWORDS}
+    if _DIGIT_RE.search(low):
+        keys.update(t for t in map(str.strip, low.split(), repeat(_STRIP)) if _NUMBER_RE.fullmatch(t))
+    return keys
+
+
+@lru_cache(maxsize=65536)
+def _query_ids(query_low: str) -> tuple:
+    """The lexicon's example sets for the query's words and numbers (unknown ones left out)."""
+    lex = _lexicon()
+    return tuple(lex[k] for k in _keys(query_low) if k in lex)
+
+
+def _related(key: str, qids: tuple) -> bool:
+    ids = _lexicon().get(key)
+    return ids is not None and any(not ids.isdisjoint(q) for q in qids)
+
+
+def _chain_problem(tok: str):
+    """'chain' for a hyphen/underscore/dot chain that repeats a part (commit-local-origin-origin),
+    'double' for a two-part doubling (blame-blame, proton-proton: only soup when there are two), else None."""
+    for sep in _CHAIN_SEPS:
+        if sep not in tok:
+            continue
+        parts = [x for x in tok.split(sep) if x and not x.isdigit()]
+        if len(parts) < 2 or len(set(parts)) == len(parts):
+            continue
+        if max(Counter(parts).values()) >= 3:
+            return "chain"
+        if any(a == b for a, b in zip(parts, parts[1:])):
+            return "chain" if len(parts) >= 3 else "double"
+    return None
+
+
+def _stem(w: str) -> str:
+    return w[:-1] if len(w) > 3 and w.endswith("s") else w
 
 
 # ----------------------------------------------------------------------------
@@ -317,6 +420,7 @@ class Score:
     lines: list = field(default_factory=list)  # parsed (type, text) lines
     qmd_kept: int = 0  # lex/vec lines QMD keeps at run time
     qmd_total: int = 0  # lex/vec lines in the output
+    issues: list = field(default_factory=list)  # breakage kinds found, each once, in BREAKAGE_KINDS order
 
     @property
     def reward(self) -> float:
@@ -353,56 +457,336 @@ class Score:
             "format_valid": self.format_valid,
             "qmd_kept": self.qmd_kept,
             "qmd_total": self.qmd_total,
+            "issues": list(self.issues),
         }
 
 
-def score(query: str, output: str) -> Score:
-    """Score one model output (raw generated text) for one query. Never raises."""
+def score(query: str, output: str, truncated: bool = False) -> Score:
+    """Score one model output (raw generated text) for one query. Never raises.
+
+    `truncated`: generation stopped at max_tokens without the end token. Such an output is a hard
+    failure whatever its text: QMD would get a cut line, and GRPO must not learn that running to the
+    cap pays (TRL's mask_truncated_completions drops such completions from the loss for the same reason)."""
     try:
-        return _score(query if isinstance(query, str) else str(query), output)
+        return _score(query if isinstance(query, str) else str(query), output, bool(truncated))
     except Exception as exc:  # noqa: BLE001 - a scorer bug must not crash a training run
         s = Score(query=str(query))
         s.hard_failure = f"scorer error: {type(exc).__name__}: {exc}"
+        s.issues = ["scorer error"]
         return s
 
 
-def reward(query: str, output: str) -> float:
+def reward(query: str, output: str, truncated: bool = False) -> float:
     """Reward in [0, 1] for RL."""
-    return score(query, output).reward
+    return score(query, output, truncated).reward
 
 
-def score_batch(queries, outputs) -> list:
-    """Rewards for parallel lists of queries and outputs."""
-    return [score(q, o).reward for q, o in zip(queries, outputs, strict=True)]
+def score_batch(queries, outputs, truncated=None) -> list:
+    """Rewards for parallel lists of queries and outputs (and, optionally, truncation flags)."""
+    outputs = list(outputs)
+    flags = [False] * len(outputs) if truncated is None else truncated
+    return [score(q, o, t).reward for q, o, t in zip(queries, outputs, flags, strict=True)]
 
 
-def _score(query: str, output) -> Score:
+def _repeated_words(q: QueryInfo, kind: str, text: str, words: list):
+    """A word repeated within a lex/vec line beyond what the query repeats: 3+ times, or (lex) doubled as
+    written ("starter starter"; not "prompt PROMPT"). None when there is none."""
+    for w, n in Counter(map(str.strip, words, repeat(_STRIP))).items():
+        if n < 2 or w in STOPWORDS or not any(map(str.isalpha, w)):
+            continue
+        qn = q.words.count(w)
+        if n >= 3 and n > qn:
+            return f"{w!r} {n} times in a {kind} line"
+        if kind == "lex" and qn < 2:
+            raw = text.split()
+            if any(a == b and a.lower() == w for a, b in zip(raw, raw[1:])):
+                return f"{w!r} doubled in a lex line"
+    return None
+
+
+def _chain(q: QueryInfo, words: list):
+    """A hyphen/underscore/dot chain that repeats a part, or token soup (two doubled chains). None if neither."""
+    doubles = []
+    for w in words:
+        if "-" not in w and "_" not in w and "." not in w:
+            continue
+        w = w.strip(_STRIP)
+        if w in q.low:
+            continue
+        why = _chain_problem(w)
+        if why == "chain":
+            return f"{w!r} repeats a part"
+        if why == "double":
+            doubles.append(w)
+    return f"token soup: {' '.join(doubles)!r}" if len(doubles) >= 2 else None
+
+
+def _invented_number(q: QueryInfo, low: str, words: list, full_low: str):
+    """A number, version or code in a lex line that the query lacks, that no other line gives, and that no
+    training example has with the query's words. None if there is none (or the query is unknown)."""
+    qids = None
+    for w in map(str.strip, words, repeat(_STRIP)):
+        if w in q.low or not _NUMBER_RE.fullmatch(w) or full_low.count(w) > low.count(w):
+            continue  # the query's own number, or one another line gives too
+        qids = _query_ids(q.low) if qids is None else qids
+        if qids and not _related(w, qids):
+            return f"{w!r} in a lex line: not in the query, never seen with its words"
+    return None
+
+
+def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str) -> list:
+    """Words of a lex line that nothing ties to the query ("sqlite banana bicycle"): plain words that are
+    not the query's, not in any other line of the output, and in no training example together with a
+    query word or with a specific word (one in at most SPECIFIC_DF examples) of the output, nor with
+    each other. `extra`: the line's words minus the query's and stop words. Exclusions (-word) are meant
+    to be unrelated and are left alone."""
+    qlow = q.low
+    cands = []
+    for w in extra:
+        if not w.isalpha():
+            if w[0] == "-" or not (w := w.strip(_STRIP)).isalpha():
+                continue  # an exclusion; numbers and code are not words
+        if len(w) >= 3 and full_low.count(w4 := w[:4]) == 1 and w4 not in qlow:
+            cands.append(w)  # not the query's, and no other line has it (nor this one twice)
+    if len(cands) < 2:
+        return []
+    qids = _query_ids(qlow)
+    if not qids:  # the query's words are unknown to the lexicon: no judgement possible
+        return []
+    lex = _lexicon()
+    # seen in the data, never with a query word
+    bad = [(w, ids) for w in cands if (ids := lex.get(w[:5])) and all(ids.isdisjoint(c) for c in qids)]
+    if len(bad) < 2:
+        return []
+    own = {w[:5] for w in cands}
+    specific = [s for k in _keys(full_low) - own if (s := lex.get(k)) is not None and len(s) <= SPECIFIC_DF]
+    bad = [(w, ids) for w, ids in bad if all(ids.isdisjoint(c) for c in specific)]
+    return [w for w, ids in bad if all(ids.isdisjoint(o) for v, o in bad if v != w)]
+
+
+def _off_topic(off: list, lows: list, on: list) -> set:
+    """Of the lex/vec lines `off` (indices) that share no content word with the query, those that share
+    none with an on-topic line (`on`) of the same output either: a paraphrase tied to an on-topic line
+    stays. CJK bigrams are too common ("如何") to vouch for a line, so a CJK line must share one with the query."""
+    tied = set()  # 5-letter prefixes of the words of the on-topic lines
+    for i in on:
+        tied.update(w[:5] for w in _WORD_RE.findall(lows[i]) if w not in STOPWORDS)
+    return {
+        i
+        for i in off
+        if _CJK_RE.search(lows[i]) or tied.isdisjoint(w[:5] for w in _WORD_RE.findall(lows[i]) if w not in STOPWORDS)
+    }
+
+
+def _placeholder(q: QueryInfo, text: str, low: str, words: list):
+    """Template text in one line, or None. Each pattern runs only when its trigger is present."""
+    m = None
+    if "{" in low or "[" in low or "<" in low:
+        m = _SLOT_RE.search(low)
+    if m is None and not _PHRASE_TRIGGERS.isdisjoint(words):
+        m = _PHRASE_RE.search(low)
+    if m is not None:
+        hit = m.group().strip()
+    elif text.endswith(_MARKERS) or text.startswith(_MARKERS):
+        parts = text.split()  # the whole line or its last word ("Sarah budget TODO"), or "TODO: ..."
+        if parts[-1] in _MARKERS:
+            hit = parts[-1]
+        elif parts[0].rstrip(":") in _MARKERS and (len(parts) == 1 or parts[0].endswith(":")):
+            hit = parts[0]
+        else:
+            return None
+    elif text in ("...", "…"):
+        hit = text
+    else:
+        return None
+    return None if hit.lower() in q.low else hit
+
+
+def _maybe_placeholder(full_low: str) -> bool:
+    """Whether any line may hold template text: one C-level scan per trigger over the whole output."""
+    return (
+        "{" in full_low
+        or "[" in full_low
+        or "<" in full_low
+        or "..." in full_low
+        or "…" in full_low
+        or "lorem" in full_low
+        or "hypothetical" in full_low
+        or "natural" in full_low
+        or "keyword" in full_low
+        or "query" in full_low
+        or "insert" in full_low
+        or "todo" in full_low
+        or "tbd" in full_low
+        or "fixme" in full_low
+        or "xxx" in full_low
+    )
+
+
+def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: Counter, top: int, found: list) -> None:
+    """A hyde line that loops (a word 4+ times, a 4-word phrase twice, a 3-word phrase three times) or that
+    is only the query's words shuffled. `words`: its lower-case words; `counts`: a Counter of them stripped,
+    `top` the largest count."""
+    loop = None
+    if top >= 4:
+        loop = next(
+            (w for w, n in counts.items() if n >= 4 and w not in HYDE_STOPWORDS and any(map(str.isalpha, w))), None
+        )
+    if loop:
+        found.append(("looping hyde", f"{loop!r} {counts[loop]} times in hyde"))
+    elif top >= 2 and len(words) - len(counts) >= 4:
+        ts = [t for t in map(str.strip, words, repeat(_STRIP)) if t]
+        if (
+            len(set(zip(ts, ts[1:], ts[2:], ts[3:]))) < len(ts) - 3
+            or max(Counter(zip(ts, ts[1:], ts[2:])).values(), default=0) >= 3
+        ):
+            found.append(("looping hyde", "a phrase repeats in hyde"))
+    if len(q.key_terms) >= 2 and len(counts) <= 2 * len(q.words) + 4 and not _CJK_RE.search(h):
+        new = [w for w in counts if w and w not in STOPWORDS and w not in q.word_set]
+        if len(new) <= 1:
+            found.append(("shuffled-query hyde", "hyde adds nothing to the query's own words"))
+
+
+def _dup_set(low: str, ws: set, plain: bool) -> set:
+    """The tokens of a line for the near-duplicate check: its words, or for CJK text its characters."""
+    return set(_TOKEN_RE.findall(low)) if not plain and _CJK_RE.search(low) else ws
+
+
+def _plural_pair(diff: set) -> bool:
+    a, b = diff
+    return _stem(a) == _stem(b)
+
+
+def _near_duplicates(sets, min_diff: int) -> int:
+    """Pairs of token sets that differ by fewer than `min_diff` tokens (or are equal), or by one word and
+    its plural ("expiry time" / "expiry times")."""
+    dups = 0
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            diff = sets[i] ^ sets[j]
+            if len(diff) < min_diff:
+                dups += 1
+            elif len(diff) == 2:
+                dups += _plural_pair(diff)
+    return dups
+
+
+def _score(query: str, output, truncated: bool = False) -> Score:
     s = Score(query=query)
     ded = s.deductions
     p = parse_output(output)
     s.lines = p.lines
+    if truncated:
+        s.hard_failure = "cut at the token cap: generation reached max_tokens without the end token"
+        s.issues = ["truncated"]
+        return s
     if p.leaked:
         s.hard_failure = f"chat-template token leaked: {p.leaked[0]}"
+        s.issues = ["leaked token"]
         return s
     if p.invalid:
         s.hard_failure = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
+        s.issues = ["invalid line"]
         return s
     if not p.lines and not p.empty:
         s.hard_failure = "empty output"
+        s.issues = ["empty output"]
         return s
 
     q = analyze_query(query)
+    key_terms, plain = q.key_terms, q.plain
+    found = []  # breakage: [(kind, detail)]
+    # Per line, once: lower case, words, whether it echoes the query, whether it mentions a key term.
+    plines = p.lines
+    n = len(plines)
+    lows = [t.lower() for _, t in plines]
+    words = [x.split() for x in lows]
     # A line that only repeats the query adds nothing: it is penalised once (diversity) and then left
-    # out of every other check, so echoing the query cannot earn entity or quality points.
-    echo = [k != "hyde" and _norm(t) == q.norm for k, t in p.lines]  # one flag per line
-    echoes = [t for (k, t), e in zip(p.lines, echo) if e]
-    lex = [t for (k, t), e in zip(p.lines, echo) if k == "lex" and not e]
-    vec = [t for (k, t), e in zip(p.lines, echo) if k == "vec" and not e]
-    hyde = [t for k, t in p.lines if k == "hyde"]
-    n_lex = sum(1 for k, _ in p.lines if k == "lex")
-    n_vec = sum(1 for k, _ in p.lines if k == "vec")
-    lex_low = [x.lower() for x in lex]
-    vec_low = [x.lower() for x in vec]
+    # out of every other check, so echoing the query cannot earn entity or quality points. Only a line
+    # with as many words as the query, or more with a punctuation-only word at an end, can be one.
+    norm, qn, strip_sp = q.norm, q.norm_words, _STRIP + " "
+    echo = [False] * n
+    for i, w in enumerate(words):
+        lw = len(w)
+        if plines[i][0] != "hyde" and (
+            lw == qn or (lw > qn and (not w[0].strip(strip_sp) or not w[-1].strip(strip_sp)))
+        ):
+            echo[i] = " ".join(w).strip(strip_sp) == norm
+    if not key_terms:
+        has_key = [True] * n
+    elif plain:
+        has_key = [any(map(x.__contains__, key_terms)) for x in lows]
+    else:
+        has_key = [_has_term(x, key_terms) for x in lows]
+
+    # Off-topic lines and lex lines padded with unrelated words are breakage, and are then left out of
+    # every other check, as if absent: such a line must cost more than leaving it out.
+    dropped = set()
+    topic = q.topic
+    if topic and not all(has_key):
+        off = [
+            i
+            for i in range(n)
+            if not has_key[i] and plines[i][0] != "hyde" and not echo[i] and not _has_term(lows[i], topic)
+        ]
+        if off:
+            on = [i for i in range(n) if i not in off and (has_key[i] or _has_term(lows[i], topic))]
+            dropped = _off_topic(off, lows, on)
+            for i in sorted(dropped):
+                found.append((f"off-topic {plines[i][0]}", f"{plines[i][1][:60]!r} shares no word with the query"))
+    full_low = "\n".join(lows)
+    if _maybe_placeholder(full_low):
+        for i in range(n):
+            hit = _placeholder(q, plines[i][1], lows[i], words[i])
+            if hit is not None:
+                found.append(("placeholder", f"template text {hit[:40]!r}"))
+    wsets = [None] * n  # token sets of the lex/vec lines, for the near-duplicate check
+    for i in range(n):
+        k = plines[i][0]
+        if k == "hyde" or echo[i] or i in dropped:
+            continue
+        w, low = words[i], lows[i]
+        ws = wsets[i] = set(w)
+        dup = len(w) - len(ws)
+        if dup and (k == "lex" or dup >= 2) and (why := _repeated_words(q, k, plines[i][1], w)):
+            found.append(("repeated words", why))
+        if not FILLER_WORDS.isdisjoint(ws) and not q.word_set.isdisjoint(ws):
+            rest = [x for x in map(str.strip, w, repeat(_STRIP)) if x and x not in STOPWORDS and x not in q.word_set]
+            if rest and all(x in FILLER_WORDS for x in rest):
+                found.append(("query plus filler", f"{k} line is the query plus {' '.join(rest)!r}"))
+        if (
+            ("-" in low or "_" in low or "." in low)
+            and low.count("-") + low.count("_") + low.count(".") >= 2
+            and (why := _chain(q, w))
+        ):
+            found.append(("token chain", why))
+        if k == "lex":
+            if _DIGIT_RE.search(low) and (why := _invented_number(q, low, w, full_low)):
+                found.append(("invented number", why))
+            extra = ws - q.word_set - STOPWORDS
+            if len(extra) >= 2:
+                bad = _unrelated_words(q, low, extra, full_low)
+                if len(bad) >= 2:
+                    found.append(
+                        ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
+                    )
+                    dropped.add(i)
+    keep = [i for i in range(n) if i not in dropped] if dropped else range(n)
+    L, V, H = [], [], []  # indices of the scored lex, vec and hyde lines
+    n_echo = n_lex = n_vec = 0
+    for i in keep:
+        k = plines[i][0]
+        if k == "hyde":
+            H.append(i)
+            continue
+        if k == "lex":
+            n_lex += 1
+        else:
+            n_vec += 1
+        if echo[i]:
+            n_echo += 1
+        else:
+            (L if k == "lex" else V).append(i)
 
     # -- format (0..30)
     fmt = 0
@@ -426,33 +810,46 @@ def _score(query: str, output) -> Score:
 
     # -- diversity (0..30)
     div = 0
-    if lex and vec:
+    if L and V:
         div += 10
     else:
         ded.append(("diversity", 10, "not both lex and vec expansions (besides query echoes)"))
-    if len(lex) + len(vec) >= 2:
+    if len(L) + len(V) >= 2:
         div += 5
     else:
         ded.append(("diversity", 5, "fewer than 2 expansions"))
-    for name, lines, min_diff in (("lex", lex_low, 2), ("vec", vec_low, 3)):
-        dups = _near_duplicates(lines, min_diff) if len(lines) > 1 else 0
+    for name, idx, min_diff in (("lex", L, 2), ("vec", V, 3)):
+        if len(idx) == 2:  # the usual case: one pair
+            i, j = idx
+            a, b = _dup_set(lows[i], wsets[i], plain), _dup_set(lows[j], wsets[j], plain)
+            diff = a ^ b
+            dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
+        elif len(idx) > 2:
+            dups = _near_duplicates([_dup_set(lows[i], wsets[i], plain) for i in idx], min_diff)
+        else:
+            dups = 0
         div += max(0, 5 - 2 * dups)
         if dups:
             ded.append(("diversity", min(5, 2 * dups), f"{dups} near-duplicate {name} pair(s)"))
-    div += max(0, 5 - 5 * len(echoes))
-    if echoes:
-        ded.append(("diversity", 5, f"{len(echoes)} line(s) just repeat the query"))
+            found.extend([("near-duplicate lines", f"{name} lines that differ by a word or a plural")] * dups)
+    div += max(0, 5 - 5 * n_echo)
+    if n_echo:
+        ded.append(("diversity", 5, f"{n_echo} line(s) just repeat the query"))
 
     # -- hyde (0..20, only when present)
     hyd = None
-    if hyde:
-        h = hyde[0]
+    for j, i in enumerate(H):
+        counts = Counter(map(str.strip, words[i], repeat(_STRIP)))  # counted in C
+        top = max(counts.values())
+        _hyde_breakage(q, plines[i][1], words[i], counts, top, found)
+        if j:
+            continue
+        n = len(plines[i][1])
         hyd = 0
-        if _has_term(h.lower(), q.key_terms) or not q.key_terms:
+        if has_key[i]:
             hyd += 5
         else:
             ded.append(("hyde", 5, "hyde does not mention the query's key terms"))
-        n = len(h)
         if 50 <= n <= 200:
             hyd += 5
         elif n < 50:
@@ -460,29 +857,27 @@ def _score(query: str, output) -> Score:
             ded.append(("hyde", 3, f"hyde too short ({n} chars, want 50-200)"))
         else:
             ded.append(("hyde", 5, f"hyde too long ({n} chars, want 50-200)"))
-        if len(hyde) == 1:
+        if len(H) == 1:
             hyd += 5
         else:
-            ded.append(("hyde", 5, f"{len(hyde)} hyde lines (at most 1)"))
-        # words (punctuation stripped, stopwords aside) used 3+ times; counted in C (Counter over map)
-        counts = Counter(map(str.strip, h.lower().split(), repeat(_STRIP)))
-        repeated = sum(1 for w, c in counts.items() if c >= 3 and w and w not in HYDE_STOPWORDS)
+            ded.append(("hyde", 5, f"{len(H)} hyde lines (at most 1)"))
+        # words (punctuation stripped, stopwords aside) used 3+ times
+        repeated = sum(1 for w, c in counts.items() if c >= 3 and w and w not in HYDE_STOPWORDS) if top >= 3 else 0
         hyd += max(0, 5 - 2 * repeated)
         if repeated:
             ded.append(("hyde", min(5, 2 * repeated), f"{repeated} word(s) repeated 3+ times in hyde"))
 
     # -- quality (0..20)
     qual = 0
-    if any(_has_term(x.lower(), q.key_terms) for x in lex + vec + hyde) or not q.key_terms:
+    if any(has_key[i] for i in L + V + H):
         qual += 5
     else:
         ded.append(("quality", 5, "no line mentions the query's key terms"))
-    generic = [x for x in lex_low if is_generic_lex(x)]
-    filler_led = [x for x in lex_low if x.startswith(FILLER_LEADS)]
-    lex_keeps = all(_has_term(x, q.key_terms) for x in lex_low) if q.key_terms else True
-    if lex and lex_keeps and not generic and not filler_led:
+    generic = [i for i in L if is_generic_lex(lows[i])]
+    filler_led = any(lows[i].startswith(FILLER_LEADS) for i in L)
+    if L and not generic and not filler_led and all(has_key[i] for i in L):
         qual += 5
-    elif lex:
+    elif L:
         why = (
             "generic lex line"
             if generic
@@ -491,14 +886,14 @@ def _score(query: str, output) -> Score:
             else "a lex line drops the key terms"
         )
         ded.append(("quality", 5, why))
-    if lex and vec:
-        if sum(map(len, lex)) / len(lex) <= sum(map(len, vec)) / len(vec):
+    if L and V:
+        if sum(len(plines[i][1]) for i in L) / len(L) <= sum(len(plines[i][1]) for i in V) / len(V):
             qual += 5
         else:
             qual += 3
             ded.append(("quality", 2, "lex lines longer than vec lines"))
-    if vec:
-        if all(_word_count(x) >= 3 for x in vec):
+    if V:
+        if all((len(words[i]) if lows[i].isascii() else _word_count(plines[i][1])) >= 3 for i in V):
             qual += 5
         else:
             qual += 3
@@ -506,26 +901,33 @@ def _score(query: str, output) -> Score:
 
     # -- named entities (-45..20)
     ent = 20
-    if q.entities and lex:
-        kept = sum(1 for x in lex_low if _has_term(x, q.entities))
+    if q.entities and L:
+        ents = q.entities
+        if ents is key_terms:  # no named entities: the key terms stand in
+            has_ent = has_key
+        elif plain:
+            has_ent = {i: any(map(lows[i].__contains__, ents)) for i in L + V}
+        else:
+            has_ent = {i: _has_term(lows[i], ents) for i in L + V}
+        kept = sum(1 for i in L if has_ent[i])
         what = "named entities" if q.named else "key terms"
-        if kept == len(lex):
+        if kept == len(L):
             ent = 15
         elif kept:
             ent = 5
-            ded.append(("entity", 10, f"{len(lex) - kept} lex line(s) drop the query's {what}"))
+            ded.append(("entity", 10, f"{len(L) - kept} lex line(s) drop the query's {what}"))
         else:
             ent = -30
             ded.append(("entity", 45, f"no lex line keeps the query's {what}"))
-        vkept = sum(1 for x in vec_low if _has_term(x, q.entities))
-        if vec and vkept == len(vec):
+        vkept = sum(1 for i in V if has_ent[i])
+        if V and vkept == len(V):
             ent += 5
         elif vkept:
             ent += 2
-            ded.append(("entity", 3, f"{len(vec) - vkept} vec line(s) drop the query's {what}"))
+            ded.append(("entity", 3, f"{len(V) - vkept} vec line(s) drop the query's {what}"))
         else:
             ded.append(("entity", 5, f"no vec line keeps the query's {what}"))
-    elif not lex:
+    elif not L:
         ent = 0
     if generic:
         ent -= 15 * len(generic)
@@ -538,25 +940,42 @@ def _score(query: str, output) -> Score:
         ded.append(("think", 20, "output contains a <think> block"))
 
     # -- QMD survival (-20..0)
-    lv = lex + vec
-    s.qmd_total = len(lv)
-    s.qmd_kept = sum(1 for x in lex_low + vec_low if qmd_keeps(x, q.qmd_terms))
-    dropped = s.qmd_total - s.qmd_kept
-    surv = -min(20, 5 * dropped)
-    if dropped:
-        ded.append(("survival", -surv, f"QMD would drop {dropped} line(s) sharing no query term"))
+    s.qmd_total = len(L) + len(V)
+    qterms = q.qmd_terms
+    if not qterms:
+        s.qmd_kept = s.qmd_total
+    elif q.key_qmd:  # a line with a key term holds a QMD term: only the others need the scan
+        s.qmd_kept = sum(1 for i in L + V if has_key[i] or any(map(lows[i].__contains__, qterms)))
+    else:
+        s.qmd_kept = sum(1 for i in L + V if any(map(lows[i].__contains__, qterms)))
+    n_drop = s.qmd_total - s.qmd_kept
+    surv = -min(20, 5 * n_drop)
+    if n_drop:
+        ded.append(("survival", -surv, f"QMD would drop {n_drop} line(s) sharing no query term"))
 
     # -- language (-40..0): a query written in a non-Latin script gets expansions in that script
     lang = 0
     if q.nonlatin:
-        foreign = [x for x in lex + vec + hyde if not _NONLATIN_RE.search(x)]
-        if foreign and len(foreign) * 2 > len(lex) + len(vec) + len(hyde):
+        texts = [plines[i][1] for i in L + V + H]
+        foreign = [x for x in texts if not _NONLATIN_RE.search(x)]
+        if foreign and len(foreign) * 2 > len(texts):
             lang = -40
             ded.append(("language", 40, "expanded in another language than the query"))
         elif foreign:
-            lang = -10 * sum(1 for x in vec + hyde if not _NONLATIN_RE.search(x))
+            lang = -10 * sum(1 for i in V + H if not _NONLATIN_RE.search(plines[i][1]))
             if lang:
                 ded.append(("language", -lang, "vec/hyde line(s) in another language than the query"))
+
+    # -- breakage (-90..0): the first case of a kind -30, each further case -10
+    brk = 0
+    if found:
+        per_kind = Counter(k for k, _ in found)
+        s.issues = list(per_kind)
+        seen = set()
+        for kind, detail in found:
+            ded.append(("breakage", BREAKAGE_MORE if kind in seen else BREAKAGE_POINTS, f"{kind}: {detail}"))
+            seen.add(kind)
+        brk = -min(BREAKAGE_CAP, sum(BREAKAGE_POINTS + BREAKAGE_MORE * (n - 1) for n in per_kind.values()))
 
     s.dimensions = {
         "format": fmt,
@@ -566,6 +985,7 @@ def _score(query: str, output) -> Score:
         "think": think,
         "survival": surv,
         "language": lang,
+        "breakage": brk,
     }
     s.max = 120.0
     if hyd is not None:
@@ -639,6 +1059,62 @@ SELF_TEST = [
         "lex: python language -snake\nlex: python3 venv pip\nvec: notes about programming in python",
         "lex: python\nvec: python",
     ),
+    # one pair per breakage kind (evals/broken.jsonl): the repaired twin must beat the broken one
+    (  # repeated words
+        "who wrote this line",
+        "lex: git blame line author\nlex: git log -L line history\nvec: how to find which commit and author last changed a line in git\nvec: using git blame to see who wrote a specific line of code\nhyde: Run `git blame -L 42,42 src/app.py` to see the commit, author and date that last touched line 42.",
+        "lex: line line line\nlex: git log -L line history\nvec: how to find which commit and author last changed a line in git\nvec: using git blame to see who wrote a specific line of code\nhyde: Run `git blame -L 42,42 src/app.py` to see the commit, author and date that last touched line 42.",
+    ),
+    (  # near-duplicate lines
+        "jwt token expiry",
+        "lex: jwt exp claim expiry\nlex: jwt refresh token rotation\nvec: how to set and check the expiration time of a jwt access token\nvec: what happens when a jwt expires and how refresh tokens renew it\nhyde: The exp claim holds a Unix timestamp; the server rejects the token once it passes. Short-lived access tokens pair with a refresh token.",
+        "lex: jwt token expiry\nlex: jwt token expiry time\nlex: jwt token expiry times\nvec: how to set and check the expiration time of a jwt access token\nvec: what happens when a jwt expires and how refresh tokens renew it\nhyde: The exp claim holds a Unix timestamp; the server rejects the token once it passes. Short-lived access tokens pair with a refresh token.",
+    ),
+    (  # query plus filler
+        "postgres vacuum",
+        "lex: postgres vacuum autovacuum\nlex: postgresql vacuum full analyze dead tuples\nvec: what does vacuum do in postgres and when does autovacuum run\nvec: reclaiming space from dead rows with vacuum in postgresql\nhyde: VACUUM marks dead tuples as reusable; VACUUM FULL rewrites the table and locks it. Autovacuum runs both on a schedule.",
+        "lex: postgres vacuum autovacuum\nlex: postgres vacuum guide\nvec: what does vacuum do in postgres and when does autovacuum run\nvec: reclaiming space from dead rows with vacuum in postgresql\nhyde: VACUUM marks dead tuples as reusable; VACUUM FULL rewrites the table and locks it. Autovacuum runs both on a schedule.",
+    ),
+    (  # token chain
+        "apply a single commit from another branch",
+        "lex: git cherry-pick commit\nlex: cherry-pick single commit another branch\nvec: how to apply one commit from a different branch onto the current branch\nvec: copying a single commit between branches with git cherry-pick\nhyde: Check out the target branch and run `git cherry-pick 4f2a9c1`; git applies that one commit as a new commit on top.",
+        "lex: commit-local-origin-origin-origin\nlex: git cherry-pick commit\nvec: how commit-local-origin-origin affects the origin origin\nvec: copying a single commit between branches with git cherry-pick",
+    ),
+    (  # looping hyde
+        "who wrote this line",
+        "lex: git blame line author\nlex: git log -L line history\nvec: how to find which commit and author last changed a line in git\nvec: using git blame to see who wrote a specific line of code\nhyde: Run `git blame -L 42,42 src/app.py` to see the commit, author and date that last touched line 42.",
+        'lex: git blame line author\nvec: using git blame to see who wrote a specific line of code\nhyde: Line line, line line edit: "a" "d" "r" line line',
+    ),
+    (  # shuffled-query hyde
+        "apply a single commit from another branch",
+        "lex: git cherry-pick commit\nlex: cherry-pick single commit another branch\nvec: how to apply one commit from a different branch onto the current branch\nvec: copying a single commit between branches with git cherry-pick\nhyde: Check out the target branch and run `git cherry-pick 4f2a9c1`; git applies that one commit as a new commit on top.",
+        "lex: git cherry-pick commit\nlex: cherry-pick single commit another branch\nvec: how to apply one commit from a different branch onto the current branch\nvec: copying a single commit between branches with git cherry-pick\nhyde: Branch another from commit single a apply, commit from another branch single apply.",
+    ),
+    (  # off-topic lex
+        "postgres vacuum",
+        "lex: postgres vacuum autovacuum\nlex: postgresql vacuum full analyze dead tuples\nvec: what does vacuum do in postgres and when does autovacuum run\nvec: reclaiming space from dead rows with vacuum in postgresql\nhyde: VACUUM marks dead tuples as reusable; VACUUM FULL rewrites the table and locks it. Autovacuum runs both on a schedule.",
+        "lex: postgres vacuum autovacuum\nlex: weekend hiking trails\nvec: what does vacuum do in postgres and when does autovacuum run\nvec: reclaiming space from dead rows with vacuum in postgresql\nhyde: VACUUM marks dead tuples as reusable; VACUUM FULL rewrites the table and locks it. Autovacuum runs both on a schedule.",
+    ),
+    (  # off-topic vec
+        "who wrote this line",
+        "lex: git blame line author\nlex: git log -L line history\nvec: how to find which commit and author last changed a line in git\nvec: using git blame to see who wrote a specific line of code\nhyde: Run `git blame -L 42,42 src/app.py` to see the commit, author and date that last touched line 42.",
+        "lex: git blame line author\nlex: git log -L line history\nvec: how to find which commit and author last changed a line in git\nvec: my notes on writing a new story\nhyde: Run `git blame -L 42,42 src/app.py` to see the commit, author and date that last touched line 42.",
+    ),
+    (  # unrelated lex words
+        "sqlite wal mode",
+        "lex: sqlite journal_mode wal\nlex: sqlite write-ahead log checkpoint\nvec: how to turn on write-ahead logging in sqlite and what it changes\nvec: sqlite wal mode with concurrent readers and a single writer\nhyde: Run PRAGMA journal_mode=WAL once per database. Readers no longer block the writer, and checkpoints copy the -wal file back.",
+        "lex: sqlite journal_mode wal\nlex: sqlite banana bicycle\nvec: how to turn on write-ahead logging in sqlite and what it changes\nvec: sqlite wal mode with concurrent readers and a single writer\nhyde: Run PRAGMA journal_mode=WAL once per database. Readers no longer block the writer, and checkpoints copy the -wal file back.",
+    ),
+    (  # placeholder
+        "postgres vacuum",
+        "lex: postgres vacuum autovacuum\nlex: postgresql vacuum full analyze dead tuples\nvec: what does vacuum do in postgres and when does autovacuum run\nvec: reclaiming space from dead rows with vacuum in postgresql\nhyde: VACUUM marks dead tuples as reusable; VACUUM FULL rewrites the table and locks it. Autovacuum runs both on a schedule.",
+        "lex: postgres vacuum autovacuum\nlex: postgresql vacuum full analyze dead tuples\nvec: what does vacuum do in postgres and when does autovacuum run\nvec: reclaiming space from dead rows with vacuum in postgresql\nhyde: Lorem ipsum dolor sit amet, postgres vacuum consectetur adipiscing elit, sed do eiusmod tempor.",
+    ),
+    (  # invented number
+        "python match statement",
+        'lex: python match case statement\nlex: python structural pattern matching\nvec: how to use the match statement for structural pattern matching in python\nvec: python match case syntax with guards and class patterns\nhyde: `match cmd:` then `case ["go", direction]: move(direction)` and `case _: print("unknown")` matches a value by its structure.',
+        'lex: python match case statement\nlex: python 4.2 match statement\nvec: how to use the match statement for structural pattern matching in python\nvec: python match case syntax with guards and class patterns\nhyde: `match cmd:` then `case ["go", direction]: move(direction)` and `case _: print("unknown")` matches a value by its structure.',
+    ),
 ]
 
 
@@ -669,6 +1145,24 @@ def _record_text(rec: dict):
     return out if isinstance(out, str) else None
 
 
+def record_truncated(rec: dict) -> bool:
+    """A JSONL record's `truncated` flag (generation stopped at max_tokens without the end token)."""
+    return rec.get("truncated") is True
+
+
+def issue_counts(issue_lists) -> Counter:
+    """How many outputs show each breakage kind, from Score.issues lists (or to_dict()["issues"])."""
+    counts = Counter()
+    for issues in issue_lists:
+        counts.update(issues or ())
+    return counts
+
+
+def format_issues(counts) -> str:
+    """ "repeated words 7, off-topic vec 3, truncated 2" (most frequent first), or "none"."""
+    return ", ".join(f"{kind} {n}" for kind, n in Counter(counts).most_common()) or "none"
+
+
 def explain(s: Score) -> str:
     """Human-readable deductions, one per line."""
     if s.hard_failure:
@@ -692,9 +1186,10 @@ def score_cmd(path, min_score, quiet):
     """Score every record of a JSONL file and print each score with its deductions.
 
     Records are {"query": ..., "output": [[type, text], ...]} (training data) or
-    {"query": ..., "text": "..."} (generated outputs).
+    {"query": ..., "text": "..."} (generated outputs). A record with "truncated": true (generation hit
+    max_tokens without the end token) scores as a failure. The summary counts each breakage kind.
     """
-    scores, bad_lines = [], 0
+    scores, bad_lines, issues = [], 0, Counter()
     with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM at the start is not part of the JSON
         for lineno, raw in enumerate(f, 1):
             raw = raw.lstrip("\ufeff")
@@ -712,8 +1207,9 @@ def score_cmd(path, min_score, quiet):
                 click.echo(f'{path}:{lineno}: needs "query" and "output" (pairs) or "text"')
                 bad_lines += 1
                 continue
-            s = score(query, text)
+            s = score(query, text, truncated=record_truncated(rec))
             scores.append(s.reward)
+            issues.update(s.issues)
             if not quiet or s.deductions or s.hard_failure:
                 click.echo(f"{path}:{lineno}: {s.reward:.2f} {s.rating:10} {query}")
                 if s.deductions or s.hard_failure:
@@ -724,6 +1220,7 @@ def score_cmd(path, min_score, quiet):
             f"\n{len(scores)} scored: mean {sum(scores) / len(scores):.3f}, min {min(scores):.3f}, "
             f"{below} below 0.80 (Excellent), {bad_lines} unreadable line(s)"
         )
+        click.echo(f"breakage: {format_issues(issues)}")
     if bad_lines or not scores or (min_score is not None and min(scores) < min_score):
         sys.exit(1)
 

@@ -75,7 +75,14 @@ def test_eval_cli_end_to_end_on_tiny_model(tiny_model_path, tmp_path):
         "deductions",
         "dimensions",
         "format_valid",
+        "truncated",
+        "issues",
     }
+    s = data["summary"]
+    assert s["truncated"] == sum(r["truncated"] for r in data["results"])
+    assert s["issues"].get("truncated", 0) == s["truncated"]
+    assert all(r["score"] == 0 and "truncated" in r["issues"] for r in data["results"] if r["truncated"])
+    assert "breakage (outputs with each kind):" in result.output
     assert data["generation"]["generated_tokens"] > 0
 
 
@@ -94,6 +101,18 @@ def test_batched_and_sequential_generate_the_same_greedy_text(tiny_model):
     assert len(batched) == 2 and all(isinstance(t, str) for t in batched)
     # right-to-left padding changes float rounding, so compare the first tokens, which are robust
     assert [t[:3] for t in batched] == [t[:3] for t in sequential]
+
+
+def test_generation_marks_outputs_cut_at_max_tokens(tiny_model):
+    # the untrained tiny model never emits its end token within 3 tokens: every output is cut there
+    model, tok = tiny_model
+    qs = ["auth config", "webhooks"]
+    _, batched = ev.generate_batch(model, tok, qs, max_tokens=3, batch_size=2)
+    _, sequential = ev.generate_sequential(model, tok, qs, max_tokens=3)
+    assert batched["truncated"] == sequential["truncated"] == [True, True]
+    result = ev.evaluate(model, tok, [(q, "short") for q in qs], max_tokens=3)
+    assert result["summary"]["truncated"] == 2 and result["summary"]["average"] == 0.0
+    assert "truncated" not in result["generation"]
 
 
 def write_outputs(path, pairs):
@@ -116,6 +135,50 @@ def test_score_only_compare_and_min_score(tmp_path):
     line = next(ln for ln in cmp.output.splitlines() if ln.startswith("auth config"))
     before, after = json.loads(ja.read_text())["results"][0]["percentage"], 100.0
     assert f"{after - before:+6.1f}" in line
+
+
+def test_score_only_reads_truncated_flags_and_counts_breakage_per_run(tmp_path):
+    repeated = "lex: auth auth auth\nlex: authentication configuration file\nvec: where is the authentication configuration for the app stored"
+    a = tmp_path / "a.jsonl"
+    a.write_text(
+        json.dumps({"query": "auth config", "text": GOOD, "truncated": True})
+        + "\n"
+        + json.dumps({"query": "webhooks", "text": repeated.replace("auth", "webhooks")})
+        + "\n"
+    )
+    b = write_outputs(tmp_path / "b.jsonl", [("auth config", GOOD, "short"), ("webhooks", GOOD, "short")])
+    ja, jb = tmp_path / "a.json", tmp_path / "b.json"
+    ra = CliRunner().invoke(ev.cli, ["--score-only", str(a), "-o", str(ja)])
+    assert ra.exit_code == 0, ra.output
+    assert "breakage (outputs with each kind):" in ra.output
+    assert "truncated 1" in ra.output and "repeated words 1" in ra.output
+    sa = json.loads(ja.read_text())
+    assert sa["summary"]["truncated"] == 1 and sa["results"][0]["score"] == 0.0
+    assert sa["summary"]["issues"] == {"truncated": 1, "repeated words": 1}
+    assert CliRunner().invoke(ev.cli, ["--score-only", str(b), "-o", str(jb)]).exit_code == 0
+    cmp = CliRunner().invoke(ev.cli, ["--compare", str(ja), str(jb)])
+    assert cmp.exit_code == 0, cmp.output
+    rows = {
+        ln.split()[0] + " " + ln.split()[1]: ln.split()[2:] for ln in cmp.output.splitlines() if ln.startswith("  ")
+    }
+    assert rows["truncated 1"] == ["0", "-1"] and rows["repeated words"] == ["1", "0", "-1"]
+
+
+def test_compare_rescores_runs_written_before_breakage_counts(tmp_path):
+    old = {"summary": {"average": 0.9, "format_valid_rate": 1.0, "qmd_survival_rate": 1.0, "excellent": 1}}
+    old["results"] = [
+        {
+            "query": "who wrote this line",
+            "percentage": 91.4,
+            "text": "lex: line line line\nvec: who wrote this line of code",
+        }
+    ]
+    pa, pb = tmp_path / "old.json", tmp_path / "old2.json"
+    pa.write_text(json.dumps(old))
+    pb.write_text(json.dumps(old))
+    cmp = CliRunner().invoke(ev.cli, ["--compare", str(pa), str(pb)])
+    assert cmp.exit_code == 0, cmp.output
+    assert any(ln.split()[:4] == ["repeated", "words", "1", "1"] for ln in cmp.output.splitlines())
 
 
 def test_score_only_bad_file_is_a_clear_error(tmp_path):

@@ -29,17 +29,22 @@ def test_good_output_scores_full_marks_and_excellent():
         "think": 20,
         "survival": 0,
         "language": 0,
+        "breakage": 0,
         "hyde": 20,
     }
+    assert s.issues == []
 
 
-def test_seed_example_bad_lex_scores_about_a_third():
+def test_seed_example_bad_lex_scores_poor():
+    # The seeds' SCORING.md example scored about a third; its vec line "TDS motorsports information" is
+    # the query plus a filler word, a breakage since issue 21, which takes it further down.
     bad = "lex: find information about\nlex: company details\nvec: who is TDS motorsports company\nvec: TDS motorsports information"
     s = score("who is TDS motorsports", bad)
-    assert 0.25 <= s.reward <= 0.45, s.reward
+    assert s.reward < 0.25 and s.rating in ("Poor", "Failed"), s.reward
     reasons = " | ".join(r for _, _, r in s.deductions)
     assert "no lex line keeps the query's named entities" in reasons
     assert "generic filler" in reasons
+    assert s.issues == ["query plus filler"]
 
 
 def test_self_test_orderings_all_hold():
@@ -80,8 +85,9 @@ def test_missing_vec_and_echoes_are_penalised():
 
 
 def test_qmd_survival_counts_lines_qmd_would_drop():
-    s = score("auth config", "lex: auth config file\nlex: login settings\nvec: where is the authentication set up")
-    # "login settings" contains neither "auth" nor "config": QMD drops it at run time
+    s = score("auth config", "lex: auth config file\nlex: login settings file\nvec: where is the authentication set up")
+    # "login settings file" contains neither "auth" nor "config": QMD drops it at run time (our rubric
+    # keeps it as on-topic: it shares "file" with an on-topic line)
     assert (s.qmd_kept, s.qmd_total) == (2, 3)
     assert s.dimensions["survival"] == -5
 
@@ -103,15 +109,20 @@ def test_hyde_length_repetition_and_count():
 def test_entities_and_generic_lex():
     q = "how to use React hooks"
     keeps = score(q, "lex: React hooks useState\nvec: using React hooks in function components")
-    drops = score(q, "lex: programming tutorial\nvec: using React hooks in function components")
+    drops = score(q, "lex: function components tutorial\nvec: using React hooks in function components")
     generic = score(q, "lex: React hooks useState\nlex: learn about\nvec: using React hooks in function components")
     assert keeps.dimensions["entity"] == 20
     assert drops.dimensions["entity"] == -30 + 5
-    assert generic.dimensions["entity"] == 5 + 5 - 15
+    # a generic filler line shares no word with the query: off-topic, left out, and 30 points
+    assert generic.issues == ["off-topic lex"] and generic.dimensions["entity"] == 20
+    assert generic.reward < keeps.reward - 0.2
+    # a query with no key terms has no topic to be off: the generic-lex rule still applies
+    no_terms = score("what is it", "lex: learn about\nlex: what it is\nvec: what the word it refers to here")
+    assert no_terms.dimensions["entity"] == 20 - 15 and no_terms.issues == []
 
 
 def test_key_terms_stand_in_when_no_named_entities():
-    s = score("auth config", "lex: login page\nvec: where is the auth configuration")
+    s = score("auth config", "lex: login page\nvec: where is the login page configuration")
     assert s.dimensions["entity"] < 0
 
 
@@ -145,6 +156,7 @@ def test_to_dict_has_documented_fields():
         "format_valid",
         "qmd_kept",
         "qmd_total",
+        "issues",
     ]:
         assert key in d
     json.dumps(d)
@@ -162,7 +174,8 @@ def test_score_cli_reports_file_line_and_exit_code(tmp_path):
     result = CliRunner().invoke(reward.cli, ["score", str(f)])
     assert result.exit_code == 1  # an unreadable line fails the command
     assert f"{f}:1: 1.00 Excellent" in result.output
-    assert f"{f}:2:" in result.output and "QMD would drop" in result.output
+    assert f"{f}:2:" in result.output and "shares no word with the query" in result.output
+    assert "breakage: off-topic vec 1" in result.output
     assert f"{f}:3: not valid JSON" in result.output
     ok = tmp_path / "ok.jsonl"
     ok.write_text(json.dumps({"query": "who is TDS motorsports", "text": GOOD}) + "\n")
