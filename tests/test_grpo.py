@@ -289,11 +289,11 @@ def test_the_printed_grpo_resume_hint_works_verbatim(sft_adapter, monkeypatch):
 
     real, calls = reward.score, []
 
-    def score_then_interrupt(query, text):
+    def score_then_interrupt(query, text, **kw):
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signal.SIGINT)  # Ctrl-C during the first step's rewards
-        return real(query, text)
+        return real(query, text, **kw)
 
     monkeypatch.setattr(reward, "score", score_then_interrupt)
     out = sft_adapter / "hint run"
