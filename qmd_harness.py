@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -184,7 +185,7 @@ def expand(gguf, queries, threads=None, prompt_only: bool = False, on_result=Non
     fallbacks) on `gguf` for each query, one at a time as QMD does. Returns one dict per query:
     query, text (the raw completion), queryables (what QMD keeps), fallback, error, prompt_ids,
     completion_tokens, stop_reason, chat_wrapper, seconds. `on_result(i, record)` is called as each
-    query finishes (progress). `timeout` is per query. prompt_only: record the prompt, generate nothing.
+    query finishes (progress). QMD is killed after `timeout` seconds per query (plus a minute to load). prompt_only: record the prompt, generate nothing.
     """
     require()
     gguf = Path(gguf).resolve()
@@ -207,13 +208,17 @@ def expand(gguf, queries, threads=None, prompt_only: bool = False, on_result=Non
         proc.stdin.write("".join(json.dumps({"query": q}) + "\n" for q in queries))
         proc.stdin.close()
         records = []
+        # A hung node-llama-cpp must not hang the caller: kill QMD after `timeout` s per query (+ load time).
+        watchdog = threading.Timer(60 + timeout * len(queries), proc.kill)
+        watchdog.start()
         try:
             for line in proc.stdout:
                 records.append(json.loads(line))
                 if on_result:
                     on_result(len(records) - 1, records[-1])
-            proc.wait(timeout=timeout)
+            proc.wait()
         finally:
+            watchdog.cancel()
             if proc.poll() is None:
                 proc.kill()
         stderr = proc.stderr.read()
