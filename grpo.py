@@ -477,6 +477,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     out = Path(cfg["adapter_path"])
     runtime.check_output_folder(out, run_inputs(cfg))
     replaced.recover(echo)
+    runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
     existing = runtime.latest_checkpoint(out) if out.exists() else None
     if resume and existing and (out / "config.yaml").exists():
         saved = runtime.load_config(out / "config.yaml", GRPO_DEFAULTS)

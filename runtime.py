@@ -699,8 +699,33 @@ def save_checkpoint(out, model, optimizer, step: int, keep: int, extra: dict | N
     atomic_write_json(ckpt / "state.json", {"step": step, "time": time.time(), **(extra or {})})
     save_safetensors_atomic(out / "adapters.safetensors", adapters)
     for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
+        (old / "state.json").unlink(missing_ok=True)  # first: a kill mid-delete leaves no "complete" husk
         shutil.rmtree(old, ignore_errors=True)
     return ckpt
+
+
+# First name part of the temp files atomic_write / save_safetensors_atomic / plot_metrics create in a run
+_TEMP_STEMS = frozenset(["adapters", "optimizer", "state", "config", "adapter_config", "metrics", "loss", "grpo"])
+
+
+def clean_partial_writes(out) -> list:
+    """Remove what a process killed mid-write leaves in a run folder: temp files of atomic writes
+    (`.NAME.*tmp*`) and checkpoint folders without their state.json (written last). Called before a
+    run starts in `out`; returns the paths removed."""
+    out = Path(out)
+    removed = []
+    folders = [out, out / "best", *sorted((out / "checkpoints").glob("step_*"))]
+    for folder in folders:
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                if tmp.is_file() and tmp.name.split(".")[1] in _TEMP_STEMS:  # ours only, never a user's file
+                    tmp.unlink()
+                    removed.append(tmp)
+    for ckpt in sorted((out / "checkpoints").glob("step_*")):
+        if ckpt.is_dir() and not (ckpt / "state.json").exists():
+            shutil.rmtree(ckpt, ignore_errors=True)
+            removed.append(ckpt)
+    return removed
 
 
 def latest_checkpoint(out):

@@ -368,6 +368,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     out = Path(cfg["adapter_path"])
     runtime.check_output_folder(out, {"data folder": cfg["data"], "base model": cfg["model"]})
     replaced.recover(echo)
+    runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
     existing = runtime.latest_checkpoint(out) if out.exists() else None
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
