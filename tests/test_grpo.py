@@ -153,13 +153,33 @@ def _scorer(query, text):
     return (len(text) % 5) / 4, True
 
 
+def test_truncated_rollouts_score_as_failures():
+    good = "lex: auth config settings\nvec: where is the authentication configuration for the app stored"
+    assert grpo.default_scorer("auth config", good)[0] > 0.8
+    assert grpo.default_scorer("auth config", good, truncated=True) == (0.0, False)
+    assert grpo._takes_truncated(grpo.default_scorer) and grpo._takes_truncated(lambda q, t, **kw: 0)
+    assert not grpo._takes_truncated(_scorer)  # (query, text) scorers are still called that way
+
+
+class RecordingScorer:
+    """_scorer's reward, recording the truncated flag each rollout came with."""
+
+    def __init__(self):
+        self.flags = []
+
+    def __call__(self, query, text, truncated=False):
+        self.flags.append(truncated)
+        return _scorer(query, text)
+
+
 @pytest.mark.slow
 def test_two_step_run_trains_only_the_grpo_lora_and_resumes(sft_adapter):
     sft_file = sft_adapter / "sft" / "adapters.safetensors"
     sft_hash = hashlib.sha256(sft_file.read_bytes()).hexdigest()
     logs = []
     cfg = policy_cfg(sft_adapter, adapter_path=str(sft_adapter / "straight"), steps=3)
-    grpo.run_grpo(cfg, echo=logs.append, scorer=_scorer)
+    recorder = RecordingScorer()
+    grpo.run_grpo(cfg, echo=logs.append, scorer=recorder)
     out = sft_adapter / "straight"
     weights = mx.load(str(out / "adapters.safetensors"))
     assert weights and all(k.endswith(("lora_a", "lora_b")) for k in weights)
@@ -169,6 +189,11 @@ def test_two_step_run_trains_only_the_grpo_lora_and_resumes(sft_adapter):
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward_mean" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
+    # every rollout's truncation reached the scorer, and agrees with the logged share
+    per_step = len(recorder.flags) // 3
+    for i, r in enumerate(steps):
+        flags = recorder.flags[i * per_step : (i + 1) * per_step]
+        assert abs(r["truncated"] - sum(flags) / len(flags)) < 1e-3
     for key in [
         "reward_mean",
         "reward_std",
