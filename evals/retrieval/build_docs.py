@@ -238,8 +238,19 @@ def inline(text: str) -> str:
     return text
 
 
+def join_spans(raw: str) -> str:
+    """Put roles and links that wrap over two lines (`:ref:`long\n   text <x>``) on one line."""
+    span = re.compile(r":[\w:+-]+:`[^`]+`|`[^`]+<[^`>]+>`_{1,2}")
+    return span.sub(lambda m: re.sub(r"\s*\n\s*", " ", m.group(0)), raw)
+
+
 def fence(body: list[str], lang: str = "") -> list[str]:
-    return ["```" + lang, *dedent(body), "```", ""]
+    body = dedent(body)
+    while body and not body[0].strip():
+        body.pop(0)
+    while body and not body[-1].strip():
+        body.pop()
+    return ["```" + lang, *body, "```", ""]
 
 
 def convert(lines: list[str], levels: list[str] | None = None) -> list[str]:
@@ -395,6 +406,7 @@ def pages(name: str, version: str, docs: str, skip: set[str]):
                 continue
             raw = tar.extractfile(member).read().decode("utf-8")
             raw = re.sub(r"\A(\s*:[\w-]+:.*\n)+", "", raw)  # file-wide fields (:orphan:, :tocdepth:)
+            raw = join_spans(raw)
             md = tidy(convert(raw.replace("\t", "    ").split("\n")))
             if len(md) < MIN_CHARS:
                 continue
