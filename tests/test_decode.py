@@ -102,3 +102,45 @@ def test_bad_arguments_are_clear_errors(tiny_model, prompts):
         decode.generate(model, [[]], max_tokens=4)
     with pytest.raises(ValueError, match="n >= 1"):
         decode.generate(model, prompts, n=0, max_tokens=4)
+
+
+def test_prompts_of_very_different_lengths_prefill_in_buckets_and_match(tiny_model):
+    # a shared prefix (the system prompt), tails from 1 to ~40 tokens: several length buckets, each
+    # right-justified into one batch cache; every row must still decode as if it ran alone
+    model, tok = tiny_model
+    queries = ["a", "auth config", "why does the build fail " * 6, "日本語 検索", "rust", "x " * 18]
+    ps = [prompt_ids(tok, q) for q in queries]
+    tails = sorted(len(p) - 1 - decode._common_prefix_len([p[:-1] for p in ps]) for p in ps)
+    assert len(decode._length_buckets(tails)) >= 2
+    groups = decode.generate(model, ps, n=3, max_tokens=6)
+    for p, group in zip(ps, groups):
+        assert [s.tokens for s in group] == [reference(model, p, 6)] * 3
+
+
+def test_length_buckets_cover_every_row_once_and_bound_padding():
+    lengths = sorted([6, 6, 7, 8, 9, 9, 10, 12, 14, 15, 21, 22, 25, 32] * 3)
+    chunks = decode._length_buckets(lengths)
+    assert [j for c in chunks for j in c] == list(range(len(lengths)))
+    for c in chunks:
+        real = sum(lengths[j] for j in c)
+        assert len(c) * lengths[c[-1]] <= 1.25 * real + 8 or len(c) == 1
+
+
+def test_top_k_then_top_p_candidates_match_a_direct_computation():
+    # llama.cpp's chain: keep the k most likely, then the smallest set of those whose renormalised
+    # probability reaches p; the draw is over what is left, at the given temperature
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 300)).astype(np.float32) * 3
+    for top_k, top_p in [(20, 0.8), (5, 1.0), (0, 0.5), (40, 0.3)]:
+        ids, cand = decode._candidates(mx.array(logits), top_p, top_k)
+        cand = np.array(cand)
+        ids = np.array(ids) if ids is not None else np.tile(np.arange(300), (6, 1))
+        for row in range(6):
+            order = np.argsort(-logits[row])[: top_k or 300]
+            probs = np.exp(logits[row, order] - logits[row, order].max())
+            probs /= probs.sum()
+            keep = order[: np.searchsorted(np.cumsum(probs), top_p - 1e-6) + 1] if top_p < 1 else order
+            got = set(ids[row][np.isfinite(cand[row])].tolist())
+            assert got == set(keep.tolist())
