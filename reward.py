@@ -150,6 +150,7 @@ FILLER_LEADS = (
     "why ",
     "learn ",
 )
+_COMMON_WORDS = ("the", "a", "an", "is", "are", "to", "for", "of", "in", "and", "or")  # HYDE_STOPWORDS, English
 HYDE_STOPWORDS = frozenset("the a an is are to for of in and or".split()) | FOREIGN_FUNCTION_WORDS
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -252,7 +253,8 @@ def analyze_query(query: str) -> QueryInfo:
         n_letters = sum(1 for c in query if c.isalpha())
         nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
     key_terms = tuple(dict.fromkeys(key_terms))
-    norm = _norm(query)
+    qlow = query.lower()
+    norm = " ".join(qlow.split()).strip(_STRIP + " ")  # _norm(query)
     return QueryInfo(
         norm=norm,
         norm_words=len(norm.split()),
@@ -262,7 +264,7 @@ def analyze_query(query: str) -> QueryInfo:
         key_terms=key_terms,
         qmd_terms=qmd_query_terms(query),
         nonlatin=nonlatin,
-        low=query.lower(),
+        low=qlow,
         words=tuple(low_words),
         word_set=frozenset(low_words),
         topic=tuple(dict.fromkeys(topic)),
@@ -385,7 +387,12 @@ def _query_mask(query_low: str) -> int:
     """The examples that hold any of the query's words or numbers (0: the lexicon knows none of them)."""
     lex = _lexicon()
     mask = 0
-    for k in _keys(query_low):
+    words = query_low.split()
+    if all(map(str.isalpha, words)):  # plain words (most queries): their keys without the regex
+        keys = {w[:5] for w in words if len(w) >= 3 and w not in STOPWORDS}
+    else:
+        keys = _keys(query_low)
+    for k in keys:
         mask |= lex.get(k, 0)
     return mask
 
@@ -521,7 +528,7 @@ def _chain(q: QueryInfo, words: list):
     """A hyphen/underscore/dot chain that repeats a part, or token soup (two doubled chains). None if neither."""
     doubles = []
     for w in words:
-        if "-" not in w and "_" not in w and "." not in w:
+        if w.isalnum():  # one C call rules out a plain word
             continue
         w = w.strip(_STRIP)
         if w in q.low:
@@ -537,7 +544,10 @@ def _chain(q: QueryInfo, words: list):
 def _invented_number(q: QueryInfo, low: str, words: list, full_low: str):
     """A number, version or code in a lex line that the query lacks, that no other line gives, and that no
     training example has with the query's words. None if there is none (or the query is unknown)."""
-    for w in map(str.strip, words, repeat(_STRIP)):
+    for w in words:
+        if w.isalpha():  # one C call rules out a plain word
+            continue
+        w = w.strip(_STRIP)
         if w in q.low or not _NUMBER_RE.fullmatch(w) or full_low.count(w) > low.count(w):
             continue  # the query's own number, or one another line gives too
         qmask = _query_mask(q.low)
@@ -617,23 +627,22 @@ def _placeholder(q: QueryInfo, text: str, low: str, words: list):
     return None if hit.lower() in q.low else hit
 
 
-def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, top: int, found: list) -> None:
+def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, dups: int, found: list) -> None:
     """A hyde line that loops (a word 4+ times, a 4-word phrase twice, a 3-word phrase three times) or that
-    is only the query's words shuffled. `words`: its lower-case words; `counts`: a Counter of them stripped,
-    `top` the largest count."""
+    is only the query's words shuffled. `words`: its lower-case words; `counts`: their counts, stripped;
+    `dups`: repeats beyond those of _COMMON_WORDS."""
     loop = None
-    if top >= 4:
+    if dups >= 3:
         loop = next(
             (w for w, n in counts.items() if n >= 4 and w not in HYDE_STOPWORDS and any(map(str.isalpha, w))), None
         )
     if loop:
         found.append(("looping hyde", f"{loop!r} {counts[loop]} times in hyde"))
-    elif top >= 2 and len(words) - len(counts) >= 4:
+    elif dups >= 2:
         ts = [t for t in map(str.strip, words, repeat(_STRIP)) if t]
-        if (
-            len(set(zip(ts, ts[1:], ts[2:], ts[3:]))) < len(ts) - 3
-            or max(Counter(zip(ts, ts[1:], ts[2:])).values(), default=0) >= 3
-        ):
+        grams3 = {}
+        _count_elements(grams3, zip(ts, ts[1:], ts[2:]))
+        if len(set(zip(ts, ts[1:], ts[2:], ts[3:]))) < len(ts) - 3 or max(grams3.values(), default=0) >= 3:
             found.append(("looping hyde", "a phrase repeats in hyde"))
     if len(q.key_terms) >= 2 and len(counts) <= 2 * len(q.words) + 4 and not _CJK_RE.search(h):
         new = [w for w in counts if w and w not in STOPWORDS and w not in q.word_set]
@@ -728,12 +737,12 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             dropped = _off_topic(off, lows, on)
             for i in sorted(dropped):
                 found.append((f"off-topic {plines[i][0]}", f"{plines[i][1][:60]!r} shares no word with the query"))
-    full_low = "\n".join(lows)
+    full_low = None  # the whole output in lower case, joined when a check needs it
     for i in dropped:  # the lines checked below skip these
         if (hit := _placeholder(q, plines[i][1], lows[i], words[i])) is not None:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
     wsets = [None] * n  # token sets of the lex/vec lines, for the near-duplicate check
-    lex_idx, support = [], set()  # lex lines to check for unrelated words; words of vec/hyde lines
+    lex_idx = []  # lex lines to check for unrelated words
     for i in range(n):
         k = plines[i][0]
         if k == "hyde" or echo[i] or i in dropped:
@@ -758,36 +767,36 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         ):
             found.append(("token chain", why))
         if k == "lex":
-            if _DIGIT_RE.search(low) and (why := _invented_number(q, low, w, full_low)):
-                found.append(("invented number", why))
+            if _DIGIT_RE.search(low):
+                full_low = full_low or "\n".join(lows)
+                if why := _invented_number(q, low, w, full_low):
+                    found.append(("invented number", why))
             lex_idx.append(i)
-        else:
-            support.update(ws)
-    # Unrelated lex words: only a lex line with 2+ words found in no other line (a cheap set difference
-    # first; _unrelated_words then checks prefixes and the lexicon).
-    if lex_idx:
-        for i in range(n):
-            if plines[i][0] == "hyde":
-                support.update(words[i])
-        for i in lex_idx:
-            extra = wsets[i] - q.word_set - STOPWORDS - support
-            if len(extra) < 2:
-                continue
-            for j in lex_idx:
-                if j != i:
-                    extra -= wsets[j]
-            if len(extra) >= 2 and len(bad := _unrelated_words(q, lows[i], extra, full_low)) >= 2:
-                found.append(
-                    ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
-                )
-                dropped.add(i)
+    # Unrelated lex words: only a lex line with 2+ words that no other line has (a set difference and
+    # one count per word first; _unrelated_words then checks them properly and asks the lexicon).
+    for i in lex_idx:
+        extra = wsets[i] - q.word_set - STOPWORDS
+        if len(extra) < 2:
+            continue
+        full_low = full_low or "\n".join(lows)
+        if (
+            sum(full_low.count(w[:4]) == 1 for w in extra) >= 2
+            and len(bad := _unrelated_words(q, lows[i], extra, full_low)) >= 2
+        ):
+            found.append(
+                ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
+            )
+            dropped.add(i)
     keep = [i for i in range(n) if i not in dropped] if dropped else range(n)
     L, V, H = [], [], []  # indices of the scored lex, vec and hyde lines
-    n_echo = n_lex = n_vec = 0
+    n_echo = n_lex = n_vec = lex_len = vec_len = 0
+    key_any = filler_led = vec_short = False  # a line has a key term; a lex line opens with filler; ...
+    lex_keys = True  # every lex line has a key term
     for i in keep:
-        k = plines[i][0]
+        k, t = plines[i]
         if k == "hyde":
             H.append(i)
+            key_any = key_any or has_key[i]
             continue
         if k == "lex":
             n_lex += 1
@@ -795,8 +804,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             n_vec += 1
         if echo[i]:
             n_echo += 1
+        elif k == "lex":
+            L.append(i)
+            key_any = key_any or has_key[i]
+            lex_keys = lex_keys and has_key[i]
+            lex_len += len(t)
+            filler_led = filler_led or lows[i].startswith(FILLER_LEADS)
         else:
-            (L if k == "lex" else V).append(i)
+            V.append(i)
+            key_any = key_any or has_key[i]
+            vec_len += len(t)
+            vec_short = vec_short or (len(words[i]) if lows[i].isascii() else _word_count(t)) < 3
 
     # -- format (0..30)
     fmt = 0
@@ -857,7 +875,10 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         ) is not None:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
         top = max(counts.values())
-        _hyde_breakage(q, plines[i][1], words[i], counts, top, found)
+        # repeats beyond those of the commonest function words (counted in C): a loop needs 2+ of them
+        dups = len(words[i]) - len(counts) - sum(map(counts.get, _COMMON_WORDS, repeat(1))) + len(_COMMON_WORDS)
+        if dups >= 2 or len(counts) <= 2 * len(q.words) + 4:  # a loop repeats words, a shuffle has few
+            _hyde_breakage(q, plines[i][1], words[i], counts, dups, found)
         if j:
             continue
         n = len(plines[i][1])
@@ -885,13 +906,12 @@ def _score(query: str, output, truncated: bool = False) -> Score:
 
     # -- quality (0..20)
     qual = 0
-    if any(has_key[i] for i in L + V + H):
+    if key_any:
         qual += 5
     else:
         ded.append(("quality", 5, "no line mentions the query's key terms"))
     generic = [i for i in L if is_generic_lex(lows[i])]
-    filler_led = any(lows[i].startswith(FILLER_LEADS) for i in L)
-    if L and not generic and not filler_led and all(has_key[i] for i in L):
+    if L and not generic and not filler_led and lex_keys:
         qual += 5
     elif L:
         why = (
@@ -903,13 +923,13 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         )
         ded.append(("quality", 5, why))
     if L and V:
-        if sum(len(plines[i][1]) for i in L) / len(L) <= sum(len(plines[i][1]) for i in V) / len(V):
+        if lex_len / len(L) <= vec_len / len(V):
             qual += 5
         else:
             qual += 3
             ded.append(("quality", 2, "lex lines longer than vec lines"))
     if V:
-        if all((len(words[i]) if lows[i].isascii() else _word_count(plines[i][1])) >= 3 for i in V):
+        if not vec_short:
             qual += 5
         else:
             qual += 3
@@ -925,7 +945,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             has_ent = {i: any(map(lows[i].__contains__, ents)) for i in L + V}
         else:
             has_ent = {i: _has_term(lows[i], ents) for i in L + V}
-        kept = sum(1 for i in L if has_ent[i])
+        kept = sum(map(has_ent.__getitem__, L))
         what = "named entities" if q.named else "key terms"
         if kept == len(L):
             ent = 15
@@ -935,7 +955,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         else:
             ent = -30
             ded.append(("entity", 45, f"no lex line keeps the query's {what}"))
-        vkept = sum(1 for i in V if has_ent[i])
+        vkept = sum(map(has_ent.__getitem__, V))
         if V and vkept == len(V):
             ent += 5
         elif vkept:
