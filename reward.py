@@ -627,18 +627,18 @@ def _placeholder(q: QueryInfo, text: str, low: str, words: list):
     return None if hit.lower() in q.low else hit
 
 
-def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, dups: int, found: list) -> None:
+def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, top: int, found: list) -> None:
     """A hyde line that loops (a word 4+ times, a 4-word phrase twice, a 3-word phrase three times) or that
     is only the query's words shuffled. `words`: its lower-case words; `counts`: their counts, stripped;
-    `dups`: repeats beyond those of _COMMON_WORDS."""
+    `top`: the largest count (0: no loop possible, the caller checked)."""
     loop = None
-    if dups >= 3:
+    if top >= 4:
         loop = next(
             (w for w, n in counts.items() if n >= 4 and w not in HYDE_STOPWORDS and any(map(str.isalpha, w))), None
         )
     if loop:
         found.append(("looping hyde", f"{loop!r} {counts[loop]} times in hyde"))
-    elif dups >= 2:
+    elif top >= 2 and len(words) - len(counts) >= 4:
         ts = [t for t in map(str.strip, words, repeat(_STRIP)) if t]
         grams3 = {}
         _count_elements(grams3, zip(ts, ts[1:], ts[2:]))
@@ -876,9 +876,12 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
         top = max(counts.values())
         # repeats beyond those of the commonest function words (counted in C): a loop needs 2+ of them
-        dups = len(words[i]) - len(counts) - sum(map(counts.get, _COMMON_WORDS, repeat(1))) + len(_COMMON_WORDS)
-        if dups >= 2 or len(counts) <= 2 * len(q.words) + 4:  # a loop repeats words, a shuffle has few
-            _hyde_breakage(q, plines[i][1], words[i], counts, dups, found)
+        loop = 0  # what a loop needs: 3 repeats of one word (4 uses), or 4 repeated words
+        if top >= 4 or (top >= 2 and len(words[i]) - len(counts) >= 4):
+            # ... beyond those of the commonest function words (counted in C)
+            loop = len(words[i]) - len(counts) - sum(map(counts.get, _COMMON_WORDS, repeat(1))) + len(_COMMON_WORDS)
+        if loop >= 2 or len(counts) <= 2 * len(q.words) + 4:  # a loop repeats words, a shuffle has few
+            _hyde_breakage(q, plines[i][1], words[i], counts, top if loop >= 2 else 0, found)
         if j:
             continue
         n = len(plines[i][1])
