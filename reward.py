@@ -101,7 +101,7 @@ from typing import NamedTuple
 
 import click
 
-from prompt import parse_output, qmd_query_terms
+from prompt import LINE_TYPES, parse_output, qmd_query_terms
 
 # ----------------------------------------------------------------------------
 # Word lists
@@ -162,6 +162,7 @@ _NONLATIN_RE = re.compile(f"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0df
 _STRIP = ".,!?:;()[]{}\"'`“”‘’«»"
 _ENTITY_CHARS = frozenset(".+#@_")
 _GENERIC_RE = re.compile("|".join(map(re.escape, GENERIC_LEX_PHRASES)))
+_LINE_TYPE_SET = frozenset(LINE_TYPES)
 _PARTS_RE = re.compile(r"[^\W_]+")
 _AZ09_RE = re.compile(r"[a-z0-9]")
 
@@ -677,21 +678,49 @@ def _near_duplicates(sets, min_diff: int) -> int:
 def _score(query: str, output, truncated: bool = False) -> Score:
     s = Score(query=query)
     ded = s.deductions
-    p = parse_output(output)
-    s.lines = p.lines
     if truncated:
+        s.lines = parse_output(output).lines
         s.hard_failure = "cut at the token cap: generation reached max_tokens without the end token"
         s.issues = ["truncated"]
         return s
-    if p.leaked:
-        s.hard_failure = f"chat-template token leaked: {p.leaked[0]}"
-        s.issues = ["leaked token"]
-        return s
-    if p.invalid:
-        s.hard_failure = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
-        s.issues = ["invalid line"]
-        return s
-    if not p.lines and not p.empty:
+    # The usual output (no template token, no <think>, valid lines) is parsed here, with each line's
+    # lower case and words, in one loop; anything else goes through prompt.parse_output, the reference.
+    plines, lows, words, empty, has_think = [], [], [], [], False
+    if isinstance(output, str) and "<|" not in output and "think>" not in output:
+        for raw in output.split("\n"):
+            line = raw.strip()
+            if not line:
+                continue
+            kind, colon, body = line.partition(":")
+            if not colon or kind not in _LINE_TYPE_SET:
+                plines = None  # an invalid line: the reference parser reports it
+                break
+            body = body.strip()
+            if body:
+                plines.append((kind, body))
+                low = body.lower()
+                lows.append(low)
+                words.append(low.split())
+            else:
+                empty.append(kind)
+    else:
+        plines = None
+    if plines is None:
+        p = parse_output(output)
+        s.lines = p.lines
+        if p.leaked:
+            s.hard_failure = f"chat-template token leaked: {p.leaked[0]}"
+            s.issues = ["leaked token"]
+            return s
+        if p.invalid:
+            s.hard_failure = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
+            s.issues = ["invalid line"]
+            return s
+        plines, empty, has_think = p.lines, p.empty, p.think
+        lows = [t.lower() for _, t in plines]
+        words = [x.split() for x in lows]
+    s.lines = plines
+    if not plines and not empty:
         s.hard_failure = "empty output"
         s.issues = ["empty output"]
         return s
@@ -699,11 +728,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     q = analyze_query(query)
     key_terms, plain = q.key_terms, q.plain
     found = []  # breakage: [(kind, detail)]
-    # Per line, once: lower case, words, whether it echoes the query, whether it mentions a key term.
-    plines = p.lines
     n = len(plines)
-    lows = [t.lower() for _, t in plines]
-    words = [x.split() for x in lows]
     # A line that only repeats the query adds nothing: it is penalised once (diversity) and then left
     # out of every other check, so echoing the query cannot earn entity or quality points. Only a line
     # with as many words as the query, or more with a punctuation-only word at an end, can be one.
@@ -827,7 +852,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     else:
         ded.append(("format", 10, "no vec: line"))
     wellformed = 10
-    for kind in p.empty:
+    for kind in empty:
         wellformed -= 5
         ded.append(("format", 5, f"empty {kind}: line"))
     for kind, n in (("lex", n_lex), ("vec", n_vec)):
@@ -974,8 +999,8 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     ent = max(-45, min(20, ent))
 
     # -- think bonus (0..20)
-    think = 0 if p.think else 20
-    if p.think:
+    think = 0 if has_think else 20
+    if has_think:
         ded.append(("think", 20, "output contains a <think> block"))
 
     # -- QMD survival (-20..0)
