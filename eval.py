@@ -9,6 +9,7 @@
     python eval.py --interactive --model M --adapter A                       # type queries, see scores
     python eval.py --gguf adapters/gguf/qmd-query-expansion-q8_0.gguf -o adapters/gguf/eval-q8_0.json
                                                                 # llama.cpp, QMD's grammar and sampling
+    python eval.py --qmd adapters/gguf/qmd-query-expansion-q8_0.gguf   # inside the real QMD (make qmd)
 
 Generation goes through mlx-lm's batched generator (one prefill per batch of prompts, a shared
 decode loop) with the prompt contract from prompt.py, greedy unless a temperature is given.
@@ -24,6 +25,12 @@ QMD runs it: the prompt rendered by the GGUF's own chat template, QMD's GBNF gra
 `lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 0.5
 over 64 tokens, up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
 report as the MLX path. `--temp 0 --no-grammar` reproduces MLX's greedy decoding for comparisons.
+
+`--qmd FILE` goes one step further and runs the GGUF inside the real QMD (`make qmd`, qmd_harness):
+QMD's own `expandQuery`, so node-llama-cpp's chat wrapper and default system prompt, QMD's grammar,
+sampling (fixed by QMD: no sampling flags), query-word filter and fallbacks. The completion QMD's
+model wrote is scored as usual; the report adds what QMD made of it: how often it fell back (every
+line filtered, or an error), the share of lines its filter dropped, tokens and seconds per query.
 """
 
 from __future__ import annotations
@@ -58,10 +65,10 @@ def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presenc
     return sampler, processors
 
 
-def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling):
+def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling):
     """Expansions for `queries`, generated `batch_size` prompts at a time with the project's batched
     decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats); stats["truncated"] flags
-    each text that reached max_tokens without the end token."""
+    each text that reached max_tokens without the end token. `progress(done)` is called after every batch."""
     import decode
     from prompt import prompt_ids
 
@@ -75,6 +82,8 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, **s
             texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
             truncated.append(not sample.finished)
             gen_tokens += len(sample.tokens)
+        if progress is not None:
+            progress(len(texts))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
@@ -147,7 +156,16 @@ def load_gguf(path, n_ctx: int | None = None, seed: int = 0):
 
 
 def generate_gguf(
-    llm, queries, max_tokens=600, temp=0.7, top_p=0.8, top_k=20, presence_penalty=0.5, grammar=True, seed=0
+    llm,
+    queries,
+    max_tokens=600,
+    temp=0.7,
+    top_p=0.8,
+    top_k=20,
+    presence_penalty=0.5,
+    grammar=True,
+    seed=0,
+    progress=None,
 ):
     """Expansions for `queries` from llama.cpp, one query at a time as QMD asks. Returns (texts, stats).
 
@@ -175,12 +193,45 @@ def generate_gguf(
         texts.append(out["choices"][0]["text"])
         truncated.append(out["choices"][0].get("finish_reason") == "length")
         gen_tokens += out["usage"]["completion_tokens"]
+        if progress is not None:
+            progress(len(texts))
     seconds = time.perf_counter() - t0
     return texts, {
         "seconds": seconds,
         "generated_tokens": gen_tokens,
         "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
         "truncated": truncated,
+    }
+
+
+def generate_qmd(path, queries, threads=None, progress=None):
+    """Expansions for `queries` from QMD's own expandQuery on the GGUF at `path` (qmd_harness.expand).
+    Returns (texts, records, stats): the raw completions, QMD's per-query records, timing."""
+    import qmd_harness
+
+    t0 = time.perf_counter()
+    records = qmd_harness.expand(path, queries, threads=threads, on_result=progress)
+    seconds = time.perf_counter() - t0
+    gen_tokens = sum(r["completion_tokens"] for r in records)
+    stats = {"seconds": seconds, "generated_tokens": gen_tokens, "tokens_per_sec": gen_tokens / max(seconds, 1e-9)}
+    return [r["text"] or "" for r in records], records, stats
+
+
+def qmd_summary(records) -> dict:
+    """What QMD made of the expansions: fallbacks, lines its query-word filter dropped, cost per query."""
+    import prompt
+
+    n = max(len(records), 1)
+    lines = sum(len(prompt.parse_output(r["text"] or "").lines) for r in records)
+    kept = sum(0 if r["fallback"] else len(r["queryables"]) for r in records)
+    return {
+        "fallback_rate": round(sum(1 for r in records if r["fallback"]) / n, 4),
+        "errors": sum(1 for r in records if r["error"]),
+        "dropped_line_rate": round(1 - kept / lines, 4) if lines else 0.0,
+        "stopped_at_max_tokens": sum(1 for r in records if r["stop_reason"] == "maxTokens"),
+        "tokens_per_query": round(sum(r["completion_tokens"] for r in records) / n, 1),
+        "seconds_per_query": round(sum(r["seconds"] for r in records) / n, 3),
+        "chat_wrapper": sorted({r["chat_wrapper"] for r in records if r["chat_wrapper"]}),
     }
 
 
@@ -216,9 +267,11 @@ def score_outputs(items, truncated=None) -> dict:
     return {"summary": summary, "results": results}
 
 
-def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, **sampling) -> dict:
+def evaluate(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling) -> dict:
     """Generate for [(query, category)] and score: {"summary", "results", "generation"}."""
-    texts, gen_stats = generate_batch(model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, **sampling)
+    texts, gen_stats = generate_batch(
+        model, tokenizer, [q for q, _ in queries], max_tokens, batch_size, progress, **sampling
+    )
     cut = gen_stats.pop("truncated")
     out = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)], truncated=cut)
     out["generation"] = {k: round(v, 3) for k, v in gen_stats.items()}
@@ -257,6 +310,13 @@ def format_report(result: dict, verbose: bool = False, title: str = "") -> str:
         g = result["generation"]
         lines.append(
             f"generated {g['generated_tokens']} tokens in {g['seconds']:.1f}s ({g['tokens_per_sec']:.1f} tok/s)"
+        )
+    if "qmd" in result:
+        q = result["qmd"]
+        lines.append(
+            f"in QMD: fell back on {100 * q['fallback_rate']:.1f}% of queries ({q['errors']} errors)  |  "
+            f"its filter dropped {100 * q['dropped_line_rate']:.1f}% of lines  |  {q['tokens_per_query']:.0f} tokens, "
+            f"{q['seconds_per_query']:.2f}s per query  |  {q['stopped_at_max_tokens']} hit 600 tokens"
         )
     if "environment" in result:
         env = result["environment"]
@@ -309,7 +369,8 @@ def _issues(result: dict) -> dict:
 def load_score_file(path) -> list:
     """[(query, category, text, truncated)] from a JSONL of {"query", "text"|"output"[, "category", "truncated"]}."""
     items, problems = [], []
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), 1):
+        raw = raw.rstrip("\r").lstrip("\ufeff")  # "\n" only: U+2028 etc. may sit inside JSON strings
         if not raw.strip():
             continue
         try:
@@ -323,14 +384,53 @@ def load_score_file(path) -> list:
             continue
         items.append((rec["query"], str(rec.get("category", "uncategorised")), text, reward.record_truncated(rec)))
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, f"in {path}")
     if not items:
-        raise DataError([f"{path}: no records"])
+        raise DataError([f"{path}: no records"], f"in {path}")
     return items
 
 
 # ----------------------------------------------------------------------------
 # CLI
+
+
+def _check_fraction(value):
+    """--min-score is a fraction like the report's averages (printed as percentages): 80 would always fail."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        hint = f" (for {value:g}% write {value / 100:g})" if 1 < value <= 100 else ""
+        raise click.BadParameter(f"{value:g} is not a fraction in [0, 1]{hint}; the average score is 0-1")
+    return value
+
+
+def read_report(path) -> dict:
+    """An eval report (eval.py -o / grpo.py --eval-only -o), or a clear error saying what it is not."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError([f"{path}: not JSON ({exc})"], "with --compare") from None
+    summary = report.get("summary") if isinstance(report, dict) else None
+    results = report.get("results") if isinstance(report, dict) else None
+    needed = ("average", "format_valid_rate", "qmd_survival_rate", "excellent")
+    if not isinstance(results, list) or not isinstance(summary, dict) or any(k not in summary for k in needed):
+        raise DataError(
+            [f'{path}: not an eval report (needs "summary" and "results"; write one with eval.py -o FILE.json)'],
+            "with --compare",
+        )
+    if any(not isinstance(r, dict) or "query" not in r or "percentage" not in r for r in results):
+        raise DataError([f'{path}: "results" entries need "query" and "percentage"'], "with --compare")
+    return report
+
+
+def _note(msg: str) -> None:
+    """Progress and status go to stderr: stdout is the report."""
+    click.echo(msg, err=True)
+
+
+def _progress(n: int, what: str, batch_size: int | None, max_tokens: int):
+    """Say at once what generation is about to do, then return the progress line printer."""
+    batches = f" in batches of {batch_size}" if batch_size else " one at a time"
+    _note(f"{what}: generating {n} expansions{batches}, up to {max_tokens} tokens each ...")
+    return runtime.Progress(n, what, _note, unit=" queries")
 
 
 def _fail(msg: str) -> None:
@@ -364,7 +464,12 @@ def _fail(msg: str) -> None:
 @click.option("--sequential", is_flag=True, help="Generate one query at a time with mlx_lm.generate (for benchmarks).")
 @click.option("-v", "--verbose", is_flag=True, help="Show every output and every deduction.")
 @click.option("--output", "-o", "output_path", type=click.Path(), help="Write scores and outputs as JSON.")
-@click.option("--min-score", type=float, help="Exit 1 if the average score (0-1) is below this.")
+@click.option(
+    "--min-score",
+    type=float,
+    callback=lambda ctx, param, v: _check_fraction(v),
+    help="Exit 1 if the average score is below this fraction (0-1; 0.8 = 80%).",
+)
 @click.option(
     "--compare", nargs=2, type=click.Path(exists=True, dir_okay=False), help="Compare two --output JSON files."
 )
@@ -381,6 +486,19 @@ def _fail(msg: str) -> None:
     help="Evaluate this GGUF (from convert.py) through llama.cpp as QMD runs it: its embedded chat template, "
     "QMD's grammar and, unless given, QMD's sampling (--temp 0.7 --top-p 0.8 --top-k 20 --presence-penalty 0.5) "
     "and --max-tokens 600. Replaces --model/--adapter.",
+)
+@click.option(
+    "--qmd",
+    "qmd_gguf",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Evaluate this GGUF inside the real QMD (make qmd): QMD's own expandQuery with its prompt, grammar, "
+    "sampling, filter and fallbacks. Replaces --model/--adapter.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="With --qmd: CPU threads for QMD's llama.cpp context (default: all cores; node-llama-cpp's own "
+    "default, max(4, cores), is slow on small machines).",
 )
 @click.option(
     "--grammar/--no-grammar",
@@ -408,11 +526,16 @@ def cli(
     score_only,
     interactive,
     gguf_path,
+    qmd_gguf,
+    threads,
     grammar,
 ):
     """Generate expansions for test queries and score them with reward.py."""
     if compare:
-        a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in compare)
+        try:
+            a, b = (read_report(p) for p in compare)
+        except DataError as err:
+            _fail(str(err))
         click.echo(format_compare(a, b, Path(compare[0]).stem, Path(compare[1]).stem))
         return
     if score_only:
@@ -423,6 +546,22 @@ def cli(
             _fail(str(err))
         return _finish(result, verbose, output_path, min_score)
 
+    if qmd_gguf:
+        ctx = click.get_current_context()
+        given = [
+            f"--{p.replace('_', '-')}"
+            for p in ("model_path", "adapter_path", "gguf_path", "temp", "top_p", "top_k", "presence_penalty")
+            + ("max_tokens", "batch_size", "sequential", "baseline", "interactive", "grammar")
+            if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            _fail(
+                f"--qmd runs QMD's own expansion: its prompt, grammar, sampling and 600-token cap are QMD's; "
+                f"drop {', '.join(given)}"
+            )
+        return _cli_qmd(qmd_gguf, threads, queries_path, verbose, output_path, min_score)
+    if threads:
+        _fail("--threads only applies to --qmd")
     if gguf_path:
         if model_path or adapter_path or baseline or sequential:
             _fail(
@@ -445,12 +584,19 @@ def cli(
         )
     if gguf_path is None and not grammar:
         _fail("--no-grammar only applies to --gguf")
+    if not model_path and adapter_path:
+        try:  # the adapter records the base model it was trained on
+            model_path = runtime.adapter_base_model(adapter_path)
+        except runtime.ModelError as err:
+            _fail(str(err))
+        click.echo(f"base model {model_path} (from {adapter_path}/adapter_config.json)", err=True)
     if not model_path:
-        _fail("--model is required (or use --gguf / --compare / --score-only)")
+        _fail("--model is required (or --adapter, whose base model is used, or --gguf / --compare / --score-only)")
     import mlx.core as mx
 
     mx.random.seed(seed)
     sampling = {"temp": temp, "top_p": top_p, "top_k": top_k, "presence_penalty": presence_penalty}
+    _note(f"loading {model_path}" + (f" + {adapter_path}" if adapter_path else "") + " ...")
     try:
         model, tokenizer = runtime.load_model(model_path, adapter_path)
     except (runtime.ModelError, OSError, ValueError) as err:
@@ -468,7 +614,9 @@ def cli(
         result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)], truncated=cut)
         result["generation"] = {k: round(v, 3) for k, v in stats.items()}
     else:
-        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, **sampling)
+        name = adapter_path or model_path
+        progress = _progress(len(queries), str(name), batch_size, max_tokens)
+        result = evaluate(model, tokenizer, queries, max_tokens, batch_size, progress, **sampling)
     result["config"] = {
         "model": model_path,
         "adapter": adapter_path,
@@ -478,7 +626,8 @@ def cli(
     }
     if baseline and adapter_path:
         base_model, base_tok = runtime.load_model(model_path)
-        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, **sampling)
+        progress = _progress(len(queries), "untuned base model", batch_size, max_tokens)
+        base = evaluate(base_model, base_tok, queries, max_tokens, batch_size, progress, **sampling)
         click.echo(format_report(base, verbose, title="== untuned base model =="))
         click.echo("")
         result["baseline"] = base
@@ -530,7 +679,8 @@ def _cli_gguf(
         f"llama.cpp: {Path(path).name}, {len(queries)} queries, grammar {'on' if grammar else 'off'}, {sampling}",
         err=True,
     )
-    texts, stats = generate_gguf(llm, [q for q, _ in queries], **settings)
+    progress = _progress(len(queries), Path(path).name, None, max_tokens)
+    texts, stats = generate_gguf(llm, [q for q, _ in queries], progress=progress, **settings)
     cut = stats.pop("truncated")
     result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)], truncated=cut)
     result["generation"] = {k: round(v, 3) for k, v in stats.items()}
@@ -541,6 +691,50 @@ def _cli_gguf(
         **sampling,
         "max_tokens": max_tokens,
         "seed": seed,
+    }
+    return _finish(result, verbose, output_path, min_score)
+
+
+def _cli_qmd(path, threads, queries_path, verbose, output_path, min_score):
+    """eval.py --qmd: the GGUF in the real QMD, scored like every other path."""
+    import qmd_harness
+
+    try:
+        queries = read_queries(queries_path)
+        qmd_harness.require()
+    except DataError as err:
+        _fail(str(err))
+    except qmd_harness.QmdError as err:
+        _fail(str(err))
+    threads = threads or os.cpu_count()
+    click.echo(f"QMD {qmd_harness.QMD_VERSION}: {Path(path).name}, {len(queries)} queries, {threads} threads", err=True)
+    t0 = time.perf_counter()
+
+    def progress(i, rec):
+        done, elapsed = i + 1, time.perf_counter() - t0
+        eta = elapsed / done * (len(queries) - done)
+        click.echo(
+            f"  {done}/{len(queries)}  {rec['completion_tokens']:4d} tokens  {rec['seconds']:5.1f}s  "
+            f"{'fallback ' if rec['fallback'] else ''}{rec['query'][:40]}  (ETA {eta:.0f}s)",
+            err=True,
+        )
+
+    try:
+        texts, records, stats = generate_qmd(path, [q for q, _ in queries], threads, progress)
+    except qmd_harness.QmdError as err:
+        _fail(str(err))
+    result = score_outputs([(q, c, t) for (q, c), t in zip(queries, texts)])
+    for r, rec in zip(result["results"], records):
+        r["qmd"] = {
+            k: rec[k] for k in ("queryables", "fallback", "error", "completion_tokens", "stop_reason", "seconds")
+        }
+    result["qmd"] = qmd_summary(records)
+    result["generation"] = {k: round(v, 3) for k, v in stats.items()}
+    result["config"] = {
+        "qmd": qmd_harness.QMD_VERSION,
+        "gguf": str(path),
+        "queries": str(queries_path),
+        "threads": threads,
     }
     return _finish(result, verbose, output_path, min_score)
 

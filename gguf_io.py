@@ -96,6 +96,9 @@ def import_gguf(path, cache_dir: Path | None = None, quiet: bool = False) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=out.parent))
     try:
         convert(path, tmp)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes the folder private; the cache is an ordinary folder
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished the same import first
@@ -110,14 +113,44 @@ def import_gguf(path, cache_dir: Path | None = None, quiet: bool = False) -> Pat
 # Conversion
 
 
-def convert(path: Path, out: Path) -> None:
-    """Write the Hugging Face style folder for the GGUF at `path` into `out`."""
+class TruncatedGGUF(ValueError):
+    pass
+
+
+def open_reader(path: Path):
+    """gguf.GGUFReader for `path`, with the file's length checked against what its tensor table needs
+    first: a download cut short otherwise fails deep in numpy ("cannot reshape array of size ...")."""
     import gguf
 
+    class CheckedReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):
+            expected = start_offs
+            for field in fields:
+                _, _, _, dims, raw_dtype, offset_tensor = field.parts
+                block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_dtype[0]))]
+                end = int(start_offs + offset_tensor[0]) + int(np.prod(dims)) * size // block
+                expected = max(expected, end)
+            if len(self.data) < expected:
+                raise TruncatedGGUF(
+                    f"{path}: the file is truncated: its {len(fields)} tensors need {expected:,} bytes, the file has "
+                    f"{len(self.data):,} ({expected - len(self.data):,} missing). Download or copy it again."
+                )
+            super()._build_tensors(start_offs, fields)
+
     try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable GGUF file ({exc})") from exc
+        return CheckedReader(path)
+    except TruncatedGGUF:
+        raise
+    except (ValueError, OSError, IndexError, KeyError) as exc:
+        size = path.stat().st_size if path.exists() else 0
+        raise ValueError(
+            f"{path}: not a readable GGUF file ({size:,} bytes; cut short inside its header, or not a GGUF): {exc}"
+        ) from exc
+
+
+def convert(path: Path, out: Path) -> None:
+    """Write the Hugging Face style folder for the GGUF at `path` into `out`."""
+    reader = open_reader(path)
     meta = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.")}
     tok_meta = {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.ggml.")}
     arch = meta.get("general.architecture")

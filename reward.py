@@ -1254,8 +1254,9 @@ def score_cmd(path, min_score, quiet):
     max_tokens without the end token) scores as a failure. The summary counts each breakage kind.
     """
     scores, bad_lines, issues = [], 0, Counter()
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM at the start is not part of the JSON
         for lineno, raw in enumerate(f, 1):
+            raw = raw.lstrip("\ufeff")
             if not raw.strip():
                 continue
             try:

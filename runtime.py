@@ -1,12 +1,15 @@
 """Shared plumbing for every script: fast BLAS on Linux, device and dtype, model loading, configs,
 atomic writes.
 
-Fast BLAS. `mlx[cpu]` on Linux ships a reference BLAS; MLX's float32 matmuls call `cblas_sgemm`, so
-preloading Debian's OpenBLAS makes them ~30x faster (NOTES.md: 7.5 -> 234 GFLOP/s on 2 cores). A
-library can only be preloaded before the process starts, so `ensure_fast_blas()` - called at the top
-of every entry point, before MLX is imported - re-executes the same command with LD_PRELOAD set.
-Set QMD_FAST_BLAS=0 to opt out (the benchmarks use it to measure the bundled BLAS). macOS uses
-Accelerate through Metal/MLX and nothing changes there.
+Fast BLAS. `mlx[cpu]` on Linux ships a reference BLAS (~7 GFLOP/s); MLX's float32 matmuls call
+`cblas_sgemm`, so preloading Debian's OpenBLAS makes them 30-60x faster. A library can only be
+preloaded before the process starts, so `ensure_fast_blas()` - called at the top of every entry
+point, before MLX is imported - re-executes the same command with LD_PRELOAD set, plus the
+OPENBLAS_CORETYPE that blas.py chose when OpenBLAS's own kernel is weaker than the CPU allows, and
+OPENBLAS_THREAD_TIMEOUT=10 (idle OpenBLAS threads sleep instead of spinning against MLX's threads).
+`blas.py` decides, explains and reports (`blas_in_use()`, `environment()`); QMD_FAST_BLAS=0 opts
+out (the benchmarks use it to measure the bundled BLAS), QMD_BLAS=/path/lib.so picks another CBLAS.
+macOS uses Accelerate through Metal/MLX and nothing changes there.
 
 Only float32 goes through BLAS (bfloat16 matmul stays on MLX's own slow CPU kernels), so on the CPU
 the scripts compute in float32: `compute_dtype()`.
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -201,6 +206,13 @@ def doctor_report(quick: bool = False) -> dict:
 # Files
 
 
+def umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data) -> None:
     """Write text or bytes to `path` via a temp file in the same folder and a rename."""
     path = Path(path)
@@ -208,6 +220,7 @@ def atomic_write(path, data) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp creates 0600; an ordinary write honours the umask
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
             f.write(data)
             f.flush()
@@ -223,6 +236,114 @@ def atomic_write_json(path, obj) -> None:
 
 
 # ----------------------------------------------------------------------------
+# Run folders: never write into (or delete) an input, and --overwrite without losing the old run
+
+
+def check_output_folder(out, inputs: dict, flag: str = "--adapter-path") -> None:
+    """Refuse an output folder that is, contains or lies inside one of the run's inputs.
+
+    `inputs` maps a name ("SFT adapter", "data", "base model") to a path (None or a Hub id that is not
+    a local path is skipped). A run writes adapters.safetensors, adapter_config.json, config.yaml and
+    metrics.jsonl into its folder and --overwrite clears them: pointed at the SFT adapter, or at a folder
+    holding it, that would replace or delete the very files the run trains on.
+    """
+    o = Path(out).expanduser().resolve()
+    for name, p in inputs.items():
+        if p is None or str(p).startswith("pkg:") or not Path(p).expanduser().exists():
+            continue
+        i = Path(p).expanduser().resolve()
+        if o == i:
+            how = "is"
+        elif i.is_relative_to(o):
+            how = "contains"
+        elif o.is_relative_to(i):
+            how = "lies inside"
+        else:
+            continue
+        suggestion = Path(out) / "run" if how == "contains" else i.parent / f"{i.name}-run"
+        raise ConfigError(
+            f"{flag} {out} {how} the {name} {p}: the run writes its adapters, config and metrics into that "
+            f"folder and --overwrite clears them, so it must be a folder of its own (e.g. {flag} {suggestion})"
+        )
+
+
+class ReplacedRun:
+    """--overwrite that keeps the old run until the new one has written its first checkpoint.
+
+    move_aside() moves the old run's own outputs (only the names given: files that are not a run's
+    outputs stay where they are) into `out/.replaced-run/`; commit() deletes them once the new run has
+    a checkpoint; restore() puts them back if the new run fails first. A process killed in between
+    leaves the folder behind: recover() - called before every run in that folder - restores it when
+    no complete checkpoint was written since, and deletes it when one was.
+    """
+
+    ASIDE = ".replaced-run"
+    DONE = ".moved"  # written once every old output is aside: the new run may start writing
+
+    def __init__(self, out, names):
+        self.out = Path(out)
+        self.names = list(names)
+        self.aside = self.out / self.ASIDE
+        self.trash = self.out / (self.ASIDE + ".delete")
+        self.active = False
+
+    def recover(self, echo=print) -> None:
+        shutil.rmtree(self.trash, ignore_errors=True)  # a commit that was cut short
+        if not self.aside.is_dir():
+            return
+        if not (self.aside / self.DONE).exists():  # cut short while moving: nothing new was written yet
+            for moved in self.aside.iterdir():
+                os.replace(moved, self.out / moved.name)
+            self.aside.rmdir()
+            return
+        if latest_checkpoint(self.out) is not None:  # the new run got as far as a checkpoint: it stands
+            self._drop_aside()
+            return
+        self._put_back()
+        echo(f"{self.out}: an --overwrite run was stopped before its first checkpoint; the previous run is restored")
+
+    def move_aside(self) -> None:
+        present = [n for n in self.names if (self.out / n).exists() or (self.out / n).is_symlink()]
+        if not present:
+            return
+        self.aside.mkdir(parents=True, exist_ok=True)
+        for name in present:
+            os.replace(self.out / name, self.aside / name)
+        (self.aside / self.DONE).touch()
+        self.active = True
+
+    def commit(self) -> None:
+        """The new run has a complete checkpoint: the old outputs go."""
+        if self.active:
+            self._drop_aside()
+            self.active = False
+
+    def restore(self) -> bool:
+        """Put the old run back (the new run's outputs of the same names go). True if it did."""
+        if not self.active:
+            return False
+        self._put_back()
+        self.active = False
+        return True
+
+    def _drop_aside(self) -> None:
+        os.replace(self.aside, self.trash)  # one rename, so a kill mid-delete cannot look like a move
+        shutil.rmtree(self.trash, ignore_errors=True)
+
+    def _put_back(self) -> None:
+        for name in self.names:  # the new run's outputs go, whether or not the old run had them
+            target = self.out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        (self.aside / self.DONE).unlink()
+        for moved in self.aside.iterdir():
+            os.replace(moved, self.out / moved.name)
+        self.aside.rmdir()
+
+
+# ----------------------------------------------------------------------------
 # Configs: YAML in configs/, CLI flags override, unknown keys are errors
 
 
@@ -230,21 +351,115 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(path, defaults: dict, overrides: dict | None = None) -> dict:
+class Key:
+    """The type and allowed range of one config key: Key(int, lo=1), Key(float, lo=0, lo_open=True),
+    Key(str, choices=(...)), Key(list), Key(bool); `also` lists values allowed outside the range (-1:
+    "all"), `null` allows None. check() returns the value (ints given as 3.0 become 3) or raises
+    ValueError with the allowed range in words."""
+
+    def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False, choices=(), also=(), null=False):
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
+        self.choices, self.also, self.null = tuple(choices), tuple(also), null
+
+    def describe(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(map(repr, self.choices))
+        elif self.kind is list:
+            text = "a non-empty list of names"
+        elif self.kind is bool:
+            text = "true or false"
+        elif self.kind is str:
+            text = "a non-empty string"
+        else:
+            text = "an integer" if self.kind is int else "a number"
+            if self.lo is not None and self.hi is not None:
+                text += f" in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            elif self.lo is not None:
+                text += f" {'>' if self.lo_open else '>='} {self.lo:g}"
+            elif self.hi is not None:
+                text += f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        for v in self.also:
+            text += f", or {v!r}"
+        if self.null:
+            text += ", or null"
+        return text
+
+    def check(self, value):
+        if value is None and self.null:
+            return None
+        if value in self.also and not isinstance(value, bool):
+            return value
+        ok = True
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string: take it as the number meant
+                try:
+                    value = float(value)
+                except ValueError:
+                    ok = False
+            ok = ok and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value) if ok else value
+        elif self.kind is str:
+            ok = isinstance(value, str) and bool(value.strip())
+        elif self.kind is list:
+            ok = isinstance(value, list | tuple) and bool(value) and all(isinstance(v, str) and v for v in value)
+            value = list(value) if ok else value
+        if ok and self.choices:
+            ok = value in self.choices
+        if ok and self.kind in (int, float):
+            if self.lo is not None:
+                ok = value > self.lo if self.lo_open else value >= self.lo
+            if ok and self.hi is not None:
+                ok = value < self.hi if self.hi_open else value <= self.hi
+        if not ok:
+            raise ValueError(self.describe())
+        return value
+
+
+def check_config(cfg: dict, schema: dict, origins: dict | None = None) -> dict:
+    """Every key of `cfg` checked against `schema` (key -> Key); returns the checked values.
+
+    A bad value is a ConfigError naming the file or flag it came from, the key, the value and the
+    allowed range - raised before any model is loaded, so a typo costs a second, not a model load.
+    """
+    origins = origins or {}
+    out = dict(cfg)
+    for key, value in cfg.items():
+        spec = schema.get(key)
+        if spec is None:
+            continue
+        try:
+            out[key] = spec.check(value)
+        except ValueError as exc:
+            where = origins.get(key, "config")
+            if where.startswith("--"):
+                raise ConfigError(f"{where} {value!r}: {key} must be {exc}") from None
+            raise ConfigError(f"{where}: {key}: {value!r} is not allowed; {key} must be {exc}") from None
+    return out
+
+
+def load_config(path, defaults: dict, overrides: dict | None = None, schema: dict | None = None) -> dict:
     """Merge `defaults` <- YAML file at `path` (optional) <- `overrides` (CLI flags that were given).
 
-    Every key must be one of `defaults`; a typo is an error naming the file and the closest key.
+    Every key must be one of `defaults`; a typo is an error naming the file and the closest key. With
+    a `schema`, every value is checked for type and range (check_config), naming its file or flag.
     """
     import yaml
 
     cfg = dict(defaults)
+    origins = dict.fromkeys(defaults, "default")
     sources = []
     if path is not None:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
@@ -254,11 +469,67 @@ def load_config(path, defaults: dict, overrides: dict | None = None) -> dict:
     for where, values in sources:
         for key, value in values.items():
             if key not in defaults:
-                close = difflib.get_close_matches(key, defaults, n=1)
+                close = difflib.get_close_matches(str(key), defaults, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(defaults))})"
                 raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
             cfg[key] = value
-    return cfg
+            origins[key] = flag_name(key) if where == "command line" else where
+    return check_config(cfg, schema, origins) if schema else cfg
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def load_run_config(
+    path,
+    path_given: bool,
+    defaults: dict,
+    flags: dict,
+    resume: bool,
+    safe_keys,
+    out_key: str = "adapter_path",
+    schema: dict | None = None,
+) -> dict:
+    """The config of a run: defaults <- YAML <- flags; with --resume, the run's own saved config.yaml.
+
+    A resumed run continues exactly as it was configured (the default --config file may describe a
+    different model or batch size altogether). Flags given on the command line - and the keys of a
+    --config file given explicitly - may change `safe_keys` (how long to train, how often to report,
+    evaluate and save); any other key that differs from the run's value is refused with the list of
+    differences. Without a saved config (nothing to resume) the ordinary config is returned.
+    """
+    cfg = load_config(path, defaults, flags, schema)
+    saved_file = Path(cfg[out_key]) / "config.yaml"
+    if not resume or not saved_file.exists():
+        return cfg
+    saved = load_config(saved_file, defaults, schema=schema)
+    explicit = {}
+    if path_given and path is not None:
+        explicit.update({k: (v, str(path)) for k, v in cfg.items() if k in _file_keys(path)})
+    explicit.update({k: (cfg[k], flag_name(k)) for k, v in flags.items() if v is not None})
+    safe = set(safe_keys) | {out_key}
+    conflicts = [
+        f"  {where} {v!r} (the run has {saved[k]!r})"
+        if where.startswith("--")
+        else f"  {k}: {v!r} in {where} (the run has {saved[k]!r})"
+        for k, (v, where) in explicit.items()
+        if k not in safe and v != saved[k]
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"cannot resume {cfg[out_key]} with different settings:\n"
+            + "\n".join(conflicts)
+            + f"\nOn --resume only {', '.join(flag_name(k) for k in sorted(safe - {out_key}))} may change. Leave the "
+            f"others out (the run's saved {saved_file} supplies them), or start a new run in another --{out_key.replace('_', '-')}."
+        )
+    return {**saved, **{k: v for k, (v, _) in explicit.items()}, out_key: cfg[out_key]}
+
+
+def _file_keys(path) -> set:
+    import yaml
+
+    return set(yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {})
 
 
 def save_config(out_dir, cfg: dict, name: str = "config.yaml") -> Path:
@@ -342,7 +613,9 @@ def load_model(model: str, adapter_path=None):
     from mlx_lm.utils import load
 
     chain = adapter_chain(adapter_path) if adapter_path is not None else []
-    model_obj, tokenizer = load(resolve_model(model))
+    folder = resolve_model(model)
+    model_obj, tokenizer = load(folder)
+    _bos_from_config(tokenizer, Path(folder))
     if on_cpu():
         import mlx.core as mx
 
@@ -353,6 +626,25 @@ def load_model(model: str, adapter_path=None):
             fuse_lora(model_obj)
     model_obj.eval()  # LoRA dropout off
     return model_obj, tokenizer
+
+
+def _bos_from_config(tokenizer, folder: Path) -> None:
+    """Give the tokenizer the BOS token its model's config.json names when the tokenizer itself has
+    none (Qwen: bos_token null, bos_token_id 151643 in config.json).
+
+    Why: the prompt contract (prompt.py) starts with the BOS token whenever the exported GGUF has one,
+    because node-llama-cpp's ChatML wrapper - QMD's - writes it before every prompt. convert.py must
+    write a BOS id (llama.cpp would otherwise give a BPE vocabulary id 11, a comma), and it writes this
+    one; setting it here makes training, eval and the GGUF agree. Encoding is unaffected: the project
+    always encodes with add_special_tokens=False."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    if getattr(hf, "bos_token", None) is not None or not (folder / "config.json").exists():
+        return
+    bos_id = json.loads((folder / "config.json").read_text()).get("bos_token_id")
+    if isinstance(bos_id, list):
+        bos_id = bos_id[0] if bos_id else None
+    if isinstance(bos_id, int) and 0 <= bos_id < len(hf):
+        hf.bos_token = hf.convert_ids_to_tokens(bos_id)
 
 
 def output_logits(model, hidden):
@@ -380,6 +672,18 @@ def adapter_chain(adapter_path) -> list:
     return chain[::-1]
 
 
+def adapter_base_model(adapter_path) -> str:
+    """The base model an adapter (or its root parent) was trained on, from its adapter_config.json."""
+    root = adapter_chain(adapter_path)[0]
+    try:
+        name = json.loads((root / "adapter_config.json").read_text(encoding="utf-8")).get("base_model")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ModelError(f"{root}/adapter_config.json: not readable ({exc}); pass --model") from None
+    if not name:
+        raise ModelError(f"{root}/adapter_config.json does not name its base model; pass --model")
+    return str(name)
+
+
 def fuse_lora(model) -> None:
     """Fold every LoRA layer into its base linear (in memory), as mlx_lm.fuse does."""
     from mlx.utils import tree_unflatten
@@ -399,6 +703,7 @@ def save_safetensors_atomic(path, arrays: dict) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.safetensors")
     mx.save_safetensors(str(tmp), arrays)
+    os.chmod(tmp, 0o666 & ~umask())  # MLX creates 0644 whatever the umask
     os.replace(tmp, path)
 
 
@@ -418,8 +723,33 @@ def save_checkpoint(out, model, optimizer, step: int, keep: int, extra: dict | N
     atomic_write_json(ckpt / "state.json", {"step": step, "time": time.time(), **(extra or {})})
     save_safetensors_atomic(out / "adapters.safetensors", adapters)
     for old in sorted((out / "checkpoints").glob("step_*"))[:-keep]:
+        (old / "state.json").unlink(missing_ok=True)  # first: a kill mid-delete leaves no "complete" husk
         shutil.rmtree(old, ignore_errors=True)
     return ckpt
+
+
+# First name part of the temp files atomic_write / save_safetensors_atomic / plot_metrics create in a run
+_TEMP_STEMS = frozenset(["adapters", "optimizer", "state", "config", "adapter_config", "metrics", "loss", "grpo"])
+
+
+def clean_partial_writes(out) -> list:
+    """Remove what a process killed mid-write leaves in a run folder: temp files of atomic writes
+    (`.NAME.*tmp*`) and checkpoint folders without their state.json (written last). Called before a
+    run starts in `out`; returns the paths removed."""
+    out = Path(out)
+    removed = []
+    folders = [out, out / "best", *sorted((out / "checkpoints").glob("step_*"))]
+    for folder in folders:
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                if tmp.is_file() and tmp.name.split(".")[1] in _TEMP_STEMS:  # ours only, never a user's file
+                    tmp.unlink()
+                    removed.append(tmp)
+    for ckpt in sorted((out / "checkpoints").glob("step_*")):
+        if ckpt.is_dir() and not (ckpt / "state.json").exists():
+            shutil.rmtree(ckpt, ignore_errors=True)
+            removed.append(ckpt)
+    return removed
 
 
 def latest_checkpoint(out):
@@ -441,6 +771,43 @@ def load_checkpoint(ckpt, model, optimizer) -> dict:
     # (schedules recompute it from the step; a constant rate given on the command line must win).
     optimizer.state["learning_rate"] = configured_lr
     return json.loads((ckpt / "state.json").read_text())
+
+
+def fit_warmup(warmup: int, updates: int, what: str, echo=print) -> int:
+    """The warm-up a run of `updates` optimizer steps can use. A warm-up as long as the run or longer
+    would end the run at (or below) the peak learning rate with no decay at all - a short run with the
+    shipped 50-step warm-up did exactly that - so it is scaled to a tenth of the run, with a warning."""
+    if warmup < updates:
+        return warmup
+    scaled = updates // 10
+    echo(
+        f"warning: warmup_steps {warmup} >= the {updates} optimizer steps of this run ({what}); "
+        f"using {scaled} warm-up steps (a tenth of the run) so the schedule still runs its course"
+    )
+    return scaled
+
+
+class Progress:
+    """`label: done/total (rate, ETA h:mm:ss)` lines for long work: the first and the last update and
+    at most one every `every` seconds in between, so a ten-minute generation is never silent and a
+    fast one prints two lines."""
+
+    def __init__(self, total: int, label: str, echo=print, every: float = 10.0, unit: str = ""):
+        self.total, self.label, self.echo, self.every, self.unit = total, label, echo, every, unit
+        self.t0 = self.last = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.shown and done < self.total and now - self.last < self.every:
+            return
+        self.last, self.shown = now, True
+        elapsed = now - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        self.echo(
+            f"{self.label}: {done}/{self.total}{self.unit} ({rate:.2f}/s, {hms(elapsed)} elapsed, ETA {hms(eta)})"
+        )
 
 
 def hms(seconds: float) -> str:
@@ -467,7 +834,7 @@ class MetricsLog:
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_text(encoding="utf-8").split("\n"):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by a crash: skip it, the rest is intact
@@ -507,3 +874,44 @@ def plot_metrics(records: list, panels: list, path, title: str = "") -> Path | N
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------
+# A prefix shared by many rows
+
+
+class SharedPrompt:
+    """Stands in for one layer's KV cache so that many rows attend to a shared prefix that was computed
+    once (batch 1) instead of once per row - with gradients, unlike a real cache. GRPO uses it for a
+    group's G completions of one prompt, SFT's loss for the prefix every example of a batch starts with.
+
+    First call (the prompt pass): keeps the prompt's keys/values (1, heads, P-1, dim) and attends
+    causally within them. Later calls (the completion pass, G rows): returns the prompt's keys and
+    values broadcast to G rows, followed by the rows' own. `offset` is the RoPE position of the next
+    input, set to P-1 between the two passes; mask "causal" is lower-right aligned in MLX's SDPA, so
+    completion position j sees the whole prompt and completion positions <= j.
+    """
+
+    def __init__(self):
+        self.keys = self.values = None
+        self.offset = 0
+
+    def update_and_fetch(self, keys, values):
+        import mlx.core as mx
+
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            return keys, values
+        rows = keys.shape[0]
+        k = mx.broadcast_to(self.keys, (rows, *self.keys.shape[1:]))
+        v = mx.broadcast_to(self.values, (rows, *self.values.shape[1:]))
+        return mx.concatenate([k, keys], axis=2), mx.concatenate([v, values], axis=2)
+
+    def make_mask(self, N, return_array=False, window_size=None):
+        from mlx_lm.models.base import create_causal_mask
+
+        if window_size is not None:
+            raise ValueError("sliding-window attention is not supported by the shared-prompt log-prob pass")
+        if return_array:
+            return create_causal_mask(N, offset=self.offset)
+        return "causal" if N > 1 else None

@@ -16,7 +16,7 @@ How it trains (all of it mlx-lm's own machinery, customised by passing functions
     the seed, and the whole order is a pure function of (seed, batch number) so --resume replays it.
   * float32 on CPU (BLAS), the model's dtype on GPU.
 Safety: a checkpoint (adapter + optimizer state + position) every `save_every` iterations, written
-atomically; Ctrl-C finishes the current optimizer step, saves and exits; a NaN/inf loss stops the
+atomically; Ctrl-C finishes the current optimizer step, saves and exits with status 130; a NaN/inf loss stops the
 run and keeps the last good adapter. Outputs in --adapter-path: adapters.safetensors,
 adapter_config.json (loadable by mlx_lm.load(..., adapter_path=...)), config.yaml (resolved
 config), metrics.jsonl, loss.png, checkpoints/.
@@ -28,7 +28,7 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 
 import json  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
+import shlex  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -76,6 +76,36 @@ SFT_DEFAULTS = {
     "save_every": 100,
     "keep_checkpoints": 2,
 }
+K = runtime.Key
+# Type and allowed range of every key (checked, naming the file or flag, before any model loads).
+SFT_SCHEMA = {
+    "model": K(str),
+    "data": K(str),
+    "valid_fraction": K(float, 0, 1, hi_open=True),
+    "adapter_path": K(str),
+    "iters": K(int, 1),
+    "batch_size": K(int, 1),
+    "grad_accumulation_steps": K(int, 1),
+    "learning_rate": K(float, 0, 1, lo_open=True),
+    "lr_schedule": K(str, choices=("cosine", "constant")),
+    "warmup_steps": K(int, 0),
+    "min_lr_ratio": K(float, 0, 1),
+    "weight_decay": K(float, 0),
+    "num_layers": K(int, 1, also=(-1,)),
+    "rank": K(int, 1),
+    "alpha": K(float, 0, lo_open=True),
+    "dropout": K(float, 0, 1, hi_open=True),
+    "lora_keys": K(list),
+    "max_seq_length": K(int, 16),
+    "grad_checkpoint": K(bool),
+    "seed": K(int, 0),
+    "steps_per_report": K(int, 1),
+    "steps_per_eval": K(int, 1),
+    "val_batches": K(int, 1, also=(-1,)),
+    "save_every": K(int, 1),
+    "keep_checkpoints": K(int, 1),
+}
+assert SFT_SCHEMA.keys() == SFT_DEFAULTS.keys()
 PAD_MULTIPLE = 16
 
 
@@ -156,10 +186,15 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
         positions = np.full((len(rows), k), -1, np.int32)
         for j, (p, n) in enumerate(lengths):
             positions[j, : n - p + 1] = np.arange(p - 1, n)
+        # The tokens every row starts with (BOS, the system prompt QMD sends, the user turn's opening
+        # words: ~75 of ~185): completion_loss runs them once, batch 1. Each row keeps at least its last
+        # prompt token, the input that predicts its first target.
+        same = np.all(arr == arr[:1], axis=0)
+        shared = min(int(np.argmin(same)) if not same.all() else width, min(p for p, _ in lengths) - 1)
         if counters is not None:
             counters["tokens"] += sum(n + 1 for _, n in lengths)
             counters["padded"] += arr.size
-        return mx.array(arr), mx.array(lengths), mx.array(positions)
+        return mx.array(arr), mx.array(lengths), mx.array(positions), max(shared, 0)
 
     def iterate_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
         if len(dataset) < batch_size:
@@ -186,13 +221,18 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
     return iterate_batches
 
 
-def completion_loss(model, batch, lengths, positions):
+def completion_loss(model, batch, lengths, positions, shared: int = 0):
     """Mean cross-entropy over the completion tokens: mlx-lm's default_loss, computed cheaper.
 
     batch (B, T+1) token ids; positions (B, K) indices into the T inputs whose next token is a target
-    (-1 = padding). The transformer runs on every position (the prompt is context), but only the K
-    target positions go through the output layer and the log-softmax: with a 49k-152k vocabulary that
-    (B, T, V) step is a large share of a CPU step, and about a third of T is prompt and padding.
+    (-1 = padding); shared: how many leading tokens all B rows have in common. Two savings, same value
+    and gradients:
+      * the shared prefix (BOS + system prompt + the user turn's first words, ~40% of a demo example)
+        runs once with batch 1, and the rows' remaining inputs attend to its keys and values
+        (runtime.SharedPrompt: broadcast, so gradients flow back to the prefix once per row);
+      * the transformer runs on every position (the prompt is context), but only the K target
+        positions go through the output layer and the log-softmax: with a 49k-152k vocabulary that
+        (B, T, V) step is a large share of a CPU step.
     `lengths` (B, 2) is unused here; it keeps the batch usable with mlx-lm's default_loss.
     """
     import mlx.core as mx
@@ -200,7 +240,15 @@ def completion_loss(model, batch, lengths, positions):
     inputs, targets = batch[:, :-1], batch[:, 1:]
     valid = positions >= 0
     index = mx.maximum(positions, 0)
-    hidden = mx.take_along_axis(model.model(inputs), index[..., None], axis=1)  # (B, K, hidden)
+    if shared > 0:
+        caches = [runtime.SharedPrompt() for _ in model.layers]
+        model.model(inputs[:1, :shared], cache=caches)  # (1, shared): keys/values kept in the caches
+        for c in caches:
+            c.offset = shared  # RoPE position of the rows' first remaining input
+        h = model.model(inputs[:, shared:], cache=caches)  # (B, T - shared, hidden)
+        hidden = mx.take_along_axis(h, mx.maximum(positions - shared, 0)[..., None], axis=1)  # (B, K, hidden)
+    else:
+        hidden = mx.take_along_axis(model.model(inputs), index[..., None], axis=1)  # (B, K, hidden)
     logits = runtime.output_logits(model, hidden).astype(mx.float32)  # (B, K, V)
     picked = mx.take_along_axis(targets, index, axis=1)  # (B, K)
     ce = mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, picked[..., None], axis=-1)[..., 0]
@@ -237,12 +285,12 @@ def lora_parameters(cfg) -> dict:
     }
 
 
-def make_optimizer(cfg):
+def make_optimizer(cfg, echo=print):
     import mlx.optimizers as optim
 
     lr = float(cfg["learning_rate"])
     updates = max(1, math.ceil(cfg["iters"] / cfg["grad_accumulation_steps"]))
-    warmup = min(int(cfg["warmup_steps"]), updates - 1)
+    warmup = runtime.fit_warmup(int(cfg["warmup_steps"]), updates, "iters / grad_accumulation_steps", echo)
     if cfg["lr_schedule"] == "constant":
         main = lr
     elif cfg["lr_schedule"] == "cosine":
@@ -284,16 +332,61 @@ RESUME_KEYS = [
 ]
 
 
+# Keys a --resume may change from the command line: how long to train, how often to report, evaluate
+# and save, and the peak learning rate (the way out of a diverged run); the rest come from the run.
+SAFE_RESUME_KEYS = [
+    "iters",
+    "steps_per_report",
+    "steps_per_eval",
+    "val_batches",
+    "save_every",
+    "keep_checkpoints",
+    "learning_rate",
+    "grad_checkpoint",
+]
+
+
 # ----------------------------------------------------------------------------
 # The SFT run
 
 
+# What an SFT run writes into its folder: the only files --overwrite replaces (anything else there stays).
+RUN_OUTPUTS = [
+    "checkpoints",
+    "adapters.safetensors",
+    "adapter_config.json",
+    "config.yaml",
+    "metrics.jsonl",
+    "loss.png",
+    ".trainer_final.safetensors",
+]
+
+
 def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print) -> dict:
+    """Run (or resume) SFT. With --overwrite the previous run is moved aside only once data and model
+    have loaded, and deleted only once the new run has written its first checkpoint; a failure before
+    that puts it back."""
+    cfg = runtime.check_config(cfg, SFT_SCHEMA)
+    replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
+    try:
+        return _run_sft(cfg, resume, overwrite, echo, replaced)
+    except BaseException:
+        if replaced.restore():
+            echo(
+                f"{cfg['adapter_path']}: the new run stopped before its first checkpoint; the previous run is restored"
+            )
+        raise
+
+
+def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     import mlx.core as mx
     from mlx_lm.cli_ui import make_console
     from mlx_lm.tuner.trainer import TrainingArgs, train
 
     out = Path(cfg["adapter_path"])
+    runtime.check_output_folder(out, {"data folder": cfg["data"], "base model": cfg["model"]})
+    replaced.recover(echo)
+    runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
     existing = runtime.latest_checkpoint(out) if out.exists() else None
     if existing and not resume and not overwrite:
         raise runtime.ConfigError(
@@ -307,15 +400,14 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
             raise runtime.ConfigError(
                 f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
             )
-    if overwrite and out.exists():
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("metrics.jsonl", "adapters.safetensors", "loss.png"):
-            (out / name).unlink(missing_ok=True)
 
     # Data first: a broken file fails in a second, before any model is loaded.
+    echo(f"reading data from {cfg['data']} ...")
     train_ex, valid_ex = load_sft_data(cfg)
     mx.random.seed(cfg["seed"])
+    echo(f"loading {cfg['model']} (a GGUF is converted once, then cached) ...")
     model, tokenizer, num_layers, n_trainable = build_lora_model(cfg)
+    echo(f"tokenizing {len(train_ex) + len(valid_ex)} examples ...")
     train_set, too_long = tokenize(train_ex, tokenizer, cfg["max_seq_length"])
     valid_set, too_long_v = tokenize(valid_ex, tokenizer, cfg["max_seq_length"])
     if too_long or too_long_v:
@@ -329,13 +421,15 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     if valid_set and len(valid_set) < cfg["batch_size"]:
         valid_set = []  # too few to form one validation batch
 
-    optimizer = make_optimizer(cfg)
+    optimizer = make_optimizer(cfg, echo)
     start = 0
     if resume and existing:
         start = runtime.load_checkpoint(existing, model, optimizer)["step"]
         echo(f"resuming {out} from {existing.name}")
     elif resume:
         echo(f"nothing to resume in {out}: starting a new run")
+    elif overwrite:
+        replaced.move_aside()  # data and model are loaded and checked: only now does the old run make way
     out.mkdir(parents=True, exist_ok=True)
     runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
     runtime.save_config(out, cfg)
@@ -355,11 +449,17 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
         f"data {len(train_set)} train / {len(valid_set)} valid examples, {n_tok / len(train_set):.0f} tokens each on average"
     )
 
-    # -- callbacks: progress lines, metrics, checkpoints, NaN guard, Ctrl-C
+    # -- callbacks: progress lines, metrics, validation, checkpoints, NaN guard, Ctrl-C.
+    # mlx-lm calls back after every iteration (steps_per_report=1) and never validates itself: its
+    # cadence counts from the start of *this* process and validates before the last step, so after a
+    # resume its lines read "step 24/25". Here every step number is absolute, and validation runs after
+    # the update of steps that are multiples of steps_per_eval and after the last one.
     interrupted = {"flag": False}
     counters = {"tokens": 0, "padded": 0, "batches": start}
-    clock = {"t0": time.perf_counter(), "last": time.perf_counter(), "tokens": 0, "saved": start}
+    clock = {"t0": time.perf_counter(), "last": time.perf_counter(), "tokens": 0, "saved": start, "trained": 0}
+    window = {"loss": 0.0, "n": 0}
     last_good = {"step": start}
+    val_iterate = make_iterate_batches(cfg["seed"])  # no counters: validation is not training throughput
 
     def on_sigint(signum, frame):
         if interrupted["flag"]:
@@ -367,54 +467,93 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
         interrupted["flag"] = True
         echo("\ninterrupt: finishing this optimizer step, then saving a checkpoint (Ctrl-C again to abort)")
 
+    def validate(step):
+        from mlx_lm.tuner.trainer import evaluate
+
+        t = time.perf_counter()
+        n_val = len(valid_set) // cfg["batch_size"]
+        n_val = n_val if cfg["val_batches"] == -1 else min(n_val, cfg["val_batches"])
+        progress = runtime.Progress(n_val, f"step {step:5d}/{cfg['iters']} | validation batches", echo)
+        done = [0]
+
+        def advance():
+            done[0] += 1
+            if done[0] < n_val:  # the val loss line reports the end
+                progress(done[0])
+
+        if step == start:
+            echo(f"step {step:5d}/{cfg['iters']} | validation loss over {n_val} batches ...")
+        val_loss = evaluate(
+            progress_callback=advance,
+            model=model,
+            dataset=valid_set,
+            batch_size=cfg["batch_size"],
+            num_batches=cfg["val_batches"],
+            max_seq_length=cfg["max_seq_length"],
+            loss=completion_loss,
+            iterate_batches=val_iterate,
+        )
+        model.train()
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"validation loss is {val_loss} at step {step}")
+        metrics.log({"step": step, "val_loss": round(val_loss, 5)})
+        echo(f"step {step:5d}/{cfg['iters']} | val loss {val_loss:.4f} ({time.perf_counter() - t:.1f}s)")
+
     class Callback:
         def on_train_loss_report(self, info):
             step = start + info["iteration"]
             loss = info["train_loss"]
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"train loss is {loss} at step {step}")
+            window["loss"] += loss
+            window["n"] += 1
+            if step % cfg["steps_per_report"] == 0 or step == cfg["iters"]:
+                self.report(step, info)
+            elif step == start + 1:  # printed, not logged: how fast this run goes is known after one step
+                self.report(step, info, log=False)
+            if valid_set and (step % cfg["steps_per_eval"] == 0 or step == cfg["iters"]):
+                validate(step)
+            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
+                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+                replaced.commit()
+                clock["saved"] = last_good["step"] = step
+                _plot(out, metrics)
+
+        def report(self, step, info, log=True):
+            loss = window["loss"] / max(window["n"], 1)
+            if log:
+                window.update(loss=0.0, n=0)
             now = time.perf_counter()
-            toks = counters["tokens"] - clock["tokens"]
-            tps = toks / max(now - clock["last"], 1e-9)
-            clock.update(last=now, tokens=counters["tokens"])
-            done = step - start
-            eta = (now - clock["t0"]) / max(done, 1) * (cfg["iters"] - step)
+            dt = max(now - clock["last"], 1e-9)
+            tps = (counters["tokens"] - clock["tokens"]) / dt
+            completion_tps = (info["trained_tokens"] - clock["trained"]) / dt
+            if log:
+                clock.update(last=now, tokens=counters["tokens"], trained=info["trained_tokens"])
+            eta = (now - clock["t0"]) / max(step - start, 1) * (cfg["iters"] - step)
             rec = {
                 "step": step,
                 "train_loss": round(loss, 5),
                 "learning_rate": info["learning_rate"],
                 "tokens_per_sec": round(tps, 1),
-                "completion_tokens_per_sec": round(info["tokens_per_second"], 1),
+                "completion_tokens_per_sec": round(completion_tps, 1),
                 "trained_tokens": info["trained_tokens"],
                 "padding_share": round(1 - counters["tokens"] / max(counters["padded"], 1), 4),
                 "peak_memory_gb": round(info["peak_memory"], 3),
                 "elapsed_s": round(now - clock["t0"], 1),
                 "eta_s": round(eta, 1),
             }
-            metrics.log(rec)
+            if log:
+                metrics.log(rec)
             echo(
                 f"step {step:5d}/{cfg['iters']} | loss {loss:.4f} | lr {info['learning_rate']:.2e} | "
                 f"{tps:,.0f} tok/s | peak {info['peak_memory']:.2f} GB | ETA {runtime.hms(eta)}"
             )
-            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
-                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
-                clock["saved"] = last_good["step"] = step
-                _plot(out, metrics)
-
-        def on_val_loss_report(self, info):
-            step = start + info["iteration"]
-            if not math.isfinite(info["val_loss"]):
-                raise TrainingDiverged(f"validation loss is {info['val_loss']} at step {step}")
-            metrics.log({"step": step, "val_loss": round(info["val_loss"], 5)})
-            echo(f"step {step:5d}/{cfg['iters']} | val loss {info['val_loss']:.4f} ({info['val_time']:.1f}s)")
 
     scratch = out / ".trainer_final.safetensors"  # mlx-lm writes its final adapters here; ours are atomic
     args = TrainingArgs(
         batch_size=cfg["batch_size"],
         iters=cfg["iters"] - start,
-        val_batches=cfg["val_batches"],
-        steps_per_report=cfg["steps_per_report"],
-        steps_per_eval=cfg["steps_per_eval"],
+        steps_per_report=1,  # every iteration comes back to Callback, which keeps the cadence
         steps_per_save=10**12,  # checkpointing is ours (atomic, with optimizer state)
         max_seq_length=cfg["max_seq_length"],
         adapter_file=str(scratch),
@@ -428,11 +567,13 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     old_handler = signal.signal(signal.SIGINT, on_sigint)
     model.train()
     try:
+        if valid_set and start == 0:
+            validate(0)  # the untrained adapter's loss: the baseline of the curve
         train(
             model,
             optimizer,
             train_set,
-            valid_set or None,
+            None,  # validation is ours (absolute step numbers)
             args,
             loss=completion_loss,
             iterate_batches=iterate,
@@ -451,10 +592,11 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
 
     step = counters["batches"]
     runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+    replaced.commit()
     _plot(out, metrics)
     if interrupted["flag"] and step < cfg["iters"]:
         echo(
-            f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {out}"
+            f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {shlex.quote(str(out))}"
         )
         return {"step": step, "adapter_path": str(out), "interrupted": True}
     echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
@@ -519,16 +661,24 @@ def cli():
 @click.option("--resume", is_flag=True, help="Continue the run in --adapter-path from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --adapter-path that already holds a run.")
 def sft(config_path, resume, overwrite, **flags):
-    """LoRA supervised fine-tuning on mlx-lm (prompt masked, length-bucketed batches)."""
+    """LoRA supervised fine-tuning on mlx-lm (prompt masked, length-bucketed batches).
+
+    --resume continues from the run's own config.yaml; flags may change only how long it trains and
+    how often it reports, evaluates and saves (and the learning rate)."""
+    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
     try:
-        cfg = runtime.load_config(config_path, SFT_DEFAULTS, flags)
-        run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+        cfg = runtime.load_run_config(
+            config_path, given, SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS, schema=SFT_SCHEMA
+        )
+        result = run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
     except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except TrainingDiverged as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    if result.get("interrupted"):
+        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
 
 
 @cli.command()

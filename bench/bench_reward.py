@@ -10,6 +10,10 @@ Every example of data/*.jsonl is scored as a model output would be (its target r
 One warm-up pass first (excluded; it also builds reward.py's lexicon from data/, once per process, about
 0.4 s), then the median of --repeats passes. There is no third-party baseline: the target is an absolute
 20,000 scores/s, and the ratio column is cold throughput / 20,000.
+
+A second row checks that one long output costs time linear in its lines (users point reward.py at
+any file): the data's lex/vec/hyde lines concatenated into one output of 1,000 and of 10,000 lines;
+ratio = 10 x time(1,000) / time(10,000), about 1 when linear and 0.1 when quadratic.
 """
 
 import statistics
@@ -51,6 +55,21 @@ def main(repeats, quick):
         cold / target,
         ">=1x",
         f"cold query cache per pass; median of {repeats} passes after a warm-up pass; single process",
+        save=not quick,
+    )
+
+    lines = [ln for _, text in items for ln in text.splitlines()]
+    times = {}
+    for n in (1_000, 10_000):
+        text = "\n".join((lines * (n // len(lines) + 1))[:n])
+        times[n] = common.median_time(lambda text=text: reward.score("auth config file", text), repeats=3)
+    common.record(
+        "reward: one output of 10,000 lines vs 1,000 lines",
+        f"{times[10_000]:.3f}s for 10,000 lines",
+        f"{times[1_000]:.3f}s for 1,000 lines",
+        10 * times[1_000] / times[10_000],
+        ">=0.5x",
+        "ratio = 10 x time(1k) / time(10k): 1 = linear, 0.1 = quadratic; median of 3 after a warm-up",
         save=not quick,
     )
 

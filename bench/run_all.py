@@ -34,6 +34,8 @@ PLAN = [
     ("bench_sft.py", "demo", ["--examples", "16"]),
     ("bench_grpo.py", "tiny", []),
     ("bench_grpo.py", "demo", ["--batch-size", "2", "--max-tokens", "32", "--steps", "3"]),
+    # needs the demo adapter (make demo); records BLOCKED without it
+    ("bench_generation.py", "demo", []),
 ]
 
 
@@ -49,7 +51,8 @@ def main(quick, models):
                 plan.append((script, ["--quick"] + (["--model", "tiny"] if script == "bench_blas.py" else [])))
             continue
         if model is None or model in wanted:
-            plan.append((script, (["--model", model] if model else []) + args))
+            model_args = ["--model", model] if model and script != "bench_generation.py" else []
+            plan.append((script, model_args + args))
     failed, t_all = [], time.perf_counter()
     for script, args in plan:
         cmd = [sys.executable, str(HERE / script), *args]

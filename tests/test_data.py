@@ -5,6 +5,7 @@ import json
 import pytest
 
 import data
+import prompt
 from data import DataError, dedupe, load_examples, split
 
 GOOD = {
@@ -100,5 +101,51 @@ def test_split_is_deterministic_order_independent_and_stable(tmp_path):
 def test_examples_become_chat_messages_through_the_prompt_contract():
     ex = data.Example("auth config", [("vec", "where is it"), ("lex", "auth config file")])
     msgs = ex.to_messages()
-    assert msgs[0] == {"role": "user", "content": "/no_think Expand this search query: auth config"}
-    assert msgs[1] == {"role": "assistant", "content": "lex: auth config file\nvec: where is it\n"}
+    assert msgs[0] == {"role": "system", "content": prompt.SYSTEM_PROMPT}  # node-llama-cpp's default, as in QMD
+    assert msgs[1] == {"role": "user", "content": "/no_think Expand this search query: auth config"}
+    assert msgs[2] == {"role": "assistant", "content": "lex: auth config file\nvec: where is it\n"}
+
+
+def test_a_utf8_bom_is_accepted_in_data_query_and_output_files(tmp_path):
+    """Files saved by Windows editors start with a BOM; it used to make the first line invalid JSON."""
+    from click.testing import CliRunner
+
+    import eval as ev
+    import reward
+
+    bom = "\ufeff"
+    p = tmp_path / "d.jsonl"
+    p.write_text(bom + json.dumps(GOOD) + "\n" + bom + json.dumps({**GOOD, "query": "second"}) + "\n", encoding="utf-8")
+    assert [e.query for e in load_examples([p])] == ["auth config", "second"]
+    q = tmp_path / "q.txt"
+    q.write_text(bom + "auth config\nwebhooks\n", encoding="utf-8")
+    assert data.read_queries(q) == [("auth config", "uncategorised"), ("webhooks", "uncategorised")]
+    outs = tmp_path / "o.jsonl"
+    outs.write_text(
+        bom + json.dumps({"query": "auth config", "text": "lex: auth config\nvec: auth config file"}) + "\n"
+    )
+    assert CliRunner().invoke(ev.cli, ["--score-only", str(outs)]).exit_code == 0
+    r = CliRunner().invoke(reward.cli, ["score", str(p)])
+    assert "not valid JSON" not in r.output and "2 scored" in r.output, r.output
+
+
+def test_overlong_queries_and_lines_are_flagged_with_the_limit_and_why(tmp_path):
+    """A 50 KB query used to pass `data.py validate` (and score Excellent)."""
+    from click.testing import CliRunner
+
+    long_q = "auth config " * 4200
+    long_line = "where is the auth config stored " * 20
+    p = write(
+        tmp_path, "d.jsonl", [{**GOOD, "query": long_q}, {**GOOD, "output": [*GOOD["output"], ["vec", long_line]]}]
+    )
+    r = CliRunner().invoke(data.cli, ["validate", str(p), "--evals", ""])
+    assert r.exit_code == 1
+    assert f"{p}:1: query is {len(long_q.strip()):,} characters; the limit is {data.MAX_QUERY_CHARS}" in r.output
+    assert "search query, not a document" in r.output
+    assert f"{p}:2: vec line is {len(long_line.strip()):,} characters; the limit is {data.MAX_LINE_CHARS}" in r.output
+    q = tmp_path / "q.txt"
+    q.write_text("auth config\n" + long_q + "\n")
+    with pytest.raises(DataError) as err:
+        data.read_queries(q)
+    assert f"{q}:2: query is" in str(err.value) and "in the query file" in str(err.value)
+    assert "before training" not in str(err.value)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 import eval as ev
@@ -12,6 +13,23 @@ GOOD = (
     "hyde: Authentication is configured in config/auth.yml: set the provider and the AUTH_SECRET variable."
 )
 BAD = "lex: login\nvec: settings"
+
+
+@pytest.fixture(scope="module")
+def sft_like_adapter(tiny_model_path, tmp_path_factory):
+    """A LoRA adapter folder on the tiny model, as train.py writes it (zero-initialised lora_b)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    import runtime
+    import train
+
+    out = tmp_path_factory.mktemp("adapter")
+    cfg = {**train.SFT_DEFAULTS, "model": str(tiny_model_path), "rank": 4, "alpha": 8, "dropout": 0.0}
+    model, _, num_layers, _ = train.build_lora_model(cfg)
+    mx.save_safetensors(str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    runtime.atomic_write_json(out / "adapter_config.json", train.adapter_config(cfg, num_layers))
+    return out
 
 
 def queries_file(tmp_path):
@@ -197,3 +215,77 @@ def test_interactive_scores_typed_queries_and_quits_on_eof(tiny_model_path):
     assert out.count("query>") == 3  # two inputs, then end of input
     assert "-- 0.0% Failed" in out or "Excellent" in out or "Good" in out  # the score line
     assert "HARD FAILURE" in out or "format" in out  # the breakdown
+
+
+def test_query_file_errors_talk_about_evaluation_not_training(tiny_model_path, tmp_path):
+    p = tmp_path / "q.txt"
+    p.write_text("auth config\nauth config\n")
+    result = CliRunner().invoke(ev.cli, ["--model", str(tiny_model_path), "--queries", str(p)])
+    assert result.exit_code == 2 and "in the query file" in result.output
+    assert "before training" not in result.output
+
+
+def test_min_score_is_a_fraction_and_a_percentage_is_refused(tmp_path):
+    """--min-score 80 used to be accepted and always fail (averages are 0-1)."""
+    b = write_outputs(tmp_path / "b.jsonl", [("auth config", GOOD, "short")])
+    result = CliRunner().invoke(ev.cli, ["--score-only", str(b), "--min-score", "80"])
+    assert result.exit_code == 2
+    assert "80 is not a fraction in [0, 1] (for 80% write 0.8)" in result.output
+    assert CliRunner().invoke(ev.cli, ["--score-only", str(b), "--min-score", "0.8"]).exit_code == 0
+
+
+def test_adapter_without_model_uses_the_base_model_it_records(tiny_model_path, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model": str(tiny_model_path)}))
+    from runtime import adapter_base_model
+
+    assert adapter_base_model(adapter) == str(tiny_model_path)
+    (adapter / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora"}))
+    result = CliRunner().invoke(ev.cli, ["--adapter", str(adapter), "--queries", str(queries_file(tmp_path))])
+    assert result.exit_code == 2 and "does not name its base model; pass --model" in result.output
+
+
+def test_adapter_without_model_evaluates(sft_like_adapter, tmp_path):
+    result = CliRunner().invoke(
+        ev.cli, ["--adapter", str(sft_like_adapter), "--queries", str(queries_file(tmp_path)), "--max-tokens", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "per category:" in result.output
+
+
+def test_compare_on_a_file_that_is_not_a_report_is_a_clear_error(tmp_path):
+    """--compare used to end in KeyError: 'results'."""
+    good = tmp_path / "good.json"
+    b = write_outputs(tmp_path / "b.jsonl", [("auth config", GOOD, "short")])
+    assert CliRunner().invoke(ev.cli, ["--score-only", str(b), "-o", str(good)]).exit_code == 0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"query": "auth config"}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    for bad in (other, broken):
+        result = CliRunner().invoke(ev.cli, ["--compare", str(good), str(bad)])
+        assert result.exit_code == 2, result.output
+        assert str(bad) in result.output and isinstance(result.exception, SystemExit)
+    result = CliRunner().invoke(ev.cli, ["--compare", str(other), str(good)])
+    assert "not an eval report" in result.output and "eval.py -o" in result.output
+
+
+def test_generation_reports_progress_with_an_eta(tiny_model_path, tmp_path):
+    """make demo's eval used to print nothing for ten minutes while it generated."""
+    args = ["--model", str(tiny_model_path), "--queries", str(queries_file(tmp_path)), "--max-tokens", "4"]
+    result = CliRunner().invoke(ev.cli, [*args, "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "generating 3 expansions in batches of 2" in result.stderr
+    assert "2/3 queries" in result.stderr and "3/3 queries" in result.stderr and "ETA" in result.stderr
+    assert "ETA" not in result.stdout  # stdout stays the report
+
+
+def test_progress_prints_first_last_and_at_most_every_interval():
+    import runtime
+
+    lines = []
+    p = runtime.Progress(100, "gen", lines.append, every=3600)
+    for i in range(1, 101):
+        p(i)
+    assert len(lines) == 2 and lines[0].startswith("gen: 1/100") and lines[1].startswith("gen: 100/100")

@@ -208,10 +208,11 @@ def test_smollm2_greedy_tokens_match_llama_cpp(smollm2_file, tmp_path_factory):
     folder = gguf_io.import_gguf(smollm2_file, cache_dir=tmp_path_factory.mktemp("cache"), quiet=True)
     model, tok = runtime.load_model(str(folder))
     llm = Llama(model_path=str(smollm2_file), n_ctx=512, logits_all=True, verbose=False)
-    formatter = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>", bos_token="")
+    # the contract's template (the one convert.py embeds), with this GGUF's BOS: SmolLM2's is <|im_start|>
+    formatter = Jinja2ChatFormatter(prompt.CHAT_TEMPLATE, eos_token="<|im_end|>", bos_token="<|im_start|>")
     agree = total = 0
     for query in ["auth config", "how do I bake sourdough bread", "rust borrow checker error", "meeting notes Sarah"]:
-        # Prompt parity: llama.cpp renders the GGUF's own chat template to our token ids.
+        # Prompt parity: llama.cpp's tokenizer reads the contract's rendering as our token ids.
         messages = [{"role": "user", "content": prompt.USER_TEMPLATE.format(query=query)}]
         rendered = formatter(messages=messages).prompt
         ids = list(prompt.prompt_ids(tok, query))
@@ -232,3 +233,20 @@ def test_smollm2_greedy_tokens_match_llama_cpp(smollm2_file, tmp_path_factory):
             agree += ours == token
             assert ours == token or logits[pos, ours] - logits[pos, token] < 0.5, (query, pos)
     assert agree / total >= 0.9
+
+
+def test_truncated_gguf_says_so_with_expected_and_actual_bytes(tmp_path, smollm2_tok_meta):
+    """A GGUF cut short used to fail with "cannot reshape array of size ... into shape ..."."""
+    whole = tmp_path / "whole.gguf"
+    write_gguf(whole, "qwen3", smollm2_tok_meta)
+    size = whole.stat().st_size
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[: size * 2 // 3])
+    with pytest.raises(runtime.ModelError) as err:
+        runtime.resolve_model(str(cut))
+    msg = str(err.value)
+    assert "truncated" in msg and f"need {size:,} bytes" in msg and f"has {size * 2 // 3:,}" in msg
+    head = tmp_path / "head.gguf"
+    head.write_bytes(whole.read_bytes()[:200])
+    with pytest.raises(runtime.ModelError, match="200 bytes; cut short inside its header"):
+        runtime.resolve_model(str(head))

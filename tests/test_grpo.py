@@ -260,3 +260,87 @@ def test_stacked_adapter_loads_through_runtime(sft_adapter):
     assert [p.name for p in chain] == ["sft", "stack"]
     model, _ = runtime.load_model(cfg["model"], sft_adapter / "stack")
     assert any(hasattr(m, "lora_a") for _, m in model.named_modules())
+
+
+def _tree_hash(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_output_folder_that_is_holds_or_sits_in_an_input_is_refused(sft_adapter):
+    """grpo.py --overwrite used to rmtree --adapter-path: pointed at the SFT adapter (or `adapters/`,
+    which holds it) it deleted the adapter it was about to train on."""
+    sft, data = sft_adapter / "sft", sft_adapter / "data"
+    before = _tree_hash(sft_adapter)
+    for out in [sft, sft_adapter, sft / "inner", data]:
+        result = CliRunner().invoke(
+            grpo.cli, ["--sft-adapter", str(sft), "--data", str(data), "--adapter-path", str(out), "--overwrite"]
+        )
+        assert result.exit_code == 2, (out, result.output)
+        assert "must be a folder of its own" in result.output and str(out) in result.output
+    assert _tree_hash(sft_adapter) == before
+
+
+def test_overwrite_keeps_other_files_and_restores_the_old_run_on_failure(sft_adapter):
+    out = sft_adapter / "ow"
+    cfg = policy_cfg(sft_adapter, adapter_path=str(out), steps=1)
+    grpo.run_grpo(cfg, echo=lambda s: None, scorer=_scorer)
+    (out / "notes.txt").write_text("mine")
+    old = _tree_hash(out)
+
+    def broken(query, text):
+        raise RuntimeError("scorer bug")
+
+    with pytest.raises(RuntimeError, match="scorer bug"):
+        grpo.run_grpo(cfg, overwrite=True, echo=lambda s: None, scorer=broken)
+    assert _tree_hash(out) == old  # the old run is back, byte for byte
+    assert not (out / runtime.ReplacedRun.ASIDE).exists()
+
+    grpo.run_grpo({**cfg, "seed": 1}, overwrite=True, echo=lambda s: None, scorer=_scorer)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "checkpoints" / "step_0000001" / "state.json").exists()
+    assert _tree_hash(out)["adapters.safetensors"] != old["adapters.safetensors"]
+    assert not (out / runtime.ReplacedRun.ASIDE).exists()
+
+
+def test_the_printed_grpo_resume_hint_works_verbatim(sft_adapter, monkeypatch):
+    import shlex
+    import signal
+
+    import reward
+
+    real, calls = reward.score, []
+
+    def score_then_interrupt(query, text, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during the first step's rewards
+        return real(query, text, **kw)
+
+    monkeypatch.setattr(reward, "score", score_then_interrupt)
+    out = sft_adapter / "hint run"
+    args = [
+        "--sft-adapter", str(sft_adapter / "sft"), "--data", str(sft_adapter / "data"), "--adapter-path", str(out),
+        "--steps", "2", "--batch-size", "2", "--group-size", "2", "--max-completion-tokens", "4",
+        "--eval-queries", "0", "--save-every", "1",
+    ]  # fmt: skip
+    first = CliRunner().invoke(grpo.cli, args)
+    assert first.exit_code == 130 and "stopped at step 1" in first.output, first.output
+    argv = shlex.split(first.output.split("Continue with: ", 1)[1].splitlines()[0])
+    assert argv[:2] == ["python", "grpo.py"]
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(grpo.cli, argv[2:])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "step    2/2 | reward" in resumed.output
+
+
+def test_bad_grpo_values_are_refused_before_anything_loads(tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("beta: -0.1\n")
+    r = CliRunner().invoke(grpo.cli, ["--config", str(cfg), "--sft-adapter", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "g.yaml: beta: -0.1 is not allowed; beta must be a number >= 0" in r.output
+    r = CliRunner().invoke(grpo.cli, ["--group-size", "1", "--sft-adapter", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--group-size 1: group_size must be an integer >= 2" in r.output

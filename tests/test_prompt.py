@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 import prompt
 from prompt import encode_example, parse_output, prompt_ids, qmd_keeps, qmd_query_terms, render_prompt
 
@@ -27,12 +29,34 @@ def test_target_is_rendered_in_canonical_order():
     ]
 
 
-def test_generation_prompt_ends_with_empty_think_block(qwen_tokenizer):
+def test_generation_prompt_is_the_one_qmd_sends(qwen_tokenizer):
+    """node-llama-cpp's default system prompt, QMD's user turn, no think block; the BOS token first
+    (config.json's, as the GGUF export writes it and node-llama-cpp's ChatML wrapper sends it)."""
     text = render_prompt(qwen_tokenizer, "auth config")
     assert text == (
-        "<|im_start|>user\n/no_think Expand this search query: auth config<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        "<|endoftext|><|im_start|>system\nYou are a helpful, respectful and honest assistant. Always answer as "
+        "helpfully as possible.\nIf a question does not make any sense, or is not factually coherent, explain why "
+        "instead of answering something incorrectly. If you don't know the answer to a question, don't share false "
+        "information.<|im_end|>\n<|im_start|>user\n/no_think Expand this search query: auth config<|im_end|>\n"
+        "<|im_start|>assistant\n"
     )
+
+
+def test_template_fills_in_the_default_system_prompt(qwen_tokenizer):
+    """A llama.cpp caller that sends only the user turn gets the same prompt."""
+    hf = qwen_tokenizer._tokenizer
+    user_only = hf.apply_chat_template(
+        prompt.messages("auth config")[1:],
+        chat_template=prompt.CHAT_TEMPLATE,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert user_only == render_prompt(qwen_tokenizer, "auth config")
+    custom = [{"role": "system", "content": "Be brief."}] + prompt.messages("q")[1:]
+    text = hf.apply_chat_template(
+        custom, chat_template=prompt.CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True
+    )
+    assert "Be brief." in text and prompt.SYSTEM_PROMPT not in text
 
 
 def test_prompt_parity_with_full_chat_template_rendering(qwen_tokenizer):
@@ -42,17 +66,18 @@ def test_prompt_parity_with_full_chat_template_rendering(qwen_tokenizer):
     for query in ["auth config", "Docker 容器 网络", "who is TDS motorsports?", "  spaces  around  "]:
         ids, prompt_len = encode_example(qwen_tokenizer, query, PAIRS)
         assert ids[:prompt_len] == prompt_ids(qwen_tokenizer, query)
-        full = hf.apply_chat_template(prompt.messages(query, PAIRS), tokenize=False, enable_thinking=False)
+        full = hf.apply_chat_template(
+            prompt.messages(query, PAIRS), chat_template=prompt.chat_template(qwen_tokenizer), tokenize=False
+        )
         full_ids = hf.encode(full, add_special_tokens=False)
         # the template adds a trailing newline after <|im_end|>; we stop training at <|im_end|>
         assert full_ids[: len(ids)] == ids
         assert hf.decode(full_ids[len(ids) :]) == "\n"
 
 
-def test_think_block_is_prompt_side_and_never_a_target(qwen_tokenizer):
+def test_no_think_block_in_prompt_or_target(qwen_tokenizer):
     ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
-    assert all(t in ids[:prompt_len] for t in THINK_IDS)
-    assert not any(t in ids[prompt_len:] for t in THINK_IDS)
+    assert not any(t in ids for t in THINK_IDS)
     completion = qwen_tokenizer.decode(ids[prompt_len:])
     assert completion.startswith("lex: auth config file\n")
     assert completion.endswith("\n<|im_end|>")
@@ -72,18 +97,16 @@ def test_completion_matches_qmd_grammar_then_stops(qwen_tokenizer):
     assert re.fullmatch(r"((lex|vec|hyde): [^\n]+\n)+", body), body
 
 
-def test_template_fallback_is_chatml_when_tokenizer_has_none(qwen_tokenizer):
+def test_chatml_models_use_the_contract_template_others_their_own(qwen_tokenizer, monkeypatch):
     hf = qwen_tokenizer._tokenizer
-    saved = hf.chat_template
-    try:
-        hf.chat_template = None
-        text = render_prompt(qwen_tokenizer, "auth")
-        assert text.endswith("<|im_start|>assistant\n") and "<think>" not in text
-        ids, n = encode_example(qwen_tokenizer, "auth", PAIRS)
-        assert ids[:n] == prompt_ids(qwen_tokenizer, "auth")
-        assert qwen_tokenizer.decode(ids[n:]).endswith("<|im_end|>")
-    finally:
-        hf.chat_template = saved
+    before = render_prompt(qwen_tokenizer, "auth")
+    monkeypatch.setattr(hf, "chat_template", "{{ 'own template' }}")
+    assert render_prompt(qwen_tokenizer, "auth") == before  # a ChatML vocabulary: the contract's template
+    monkeypatch.setattr(prompt, "_CHATML_TOKENS", ("<|no-such-token|>",))
+    assert render_prompt(qwen_tokenizer, "auth") == "own template"
+    monkeypatch.setattr(hf, "chat_template", None)
+    with pytest.raises(ValueError, match="neither ChatML tokens"):
+        render_prompt(qwen_tokenizer, "auth")
 
 
 def test_parse_valid_lines_and_blank_lines():

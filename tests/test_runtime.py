@@ -109,3 +109,68 @@ def test_load_model_errors_are_clear(tmp_path):
         runtime.load_model(str(tmp_path / "missing-model"))
     with pytest.raises(runtime.ModelError, match="no adapter_config.json"):
         runtime.load_model(str(tmp_path), adapter_path=str(tmp_path))
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _old_run(out):
+    (out / "checkpoints" / "step_1").mkdir(parents=True)
+    (out / "checkpoints" / "step_1" / "state.json").write_text("old")
+    (out / "metrics.jsonl").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    return _files(out)
+
+
+def test_replaced_run_restores_after_a_kill_before_the_first_checkpoint(tmp_path):
+    """A process killed after moving the old run aside: the next run in that folder restores it."""
+    out = tmp_path / "run"
+    old = _old_run(out)
+    runtime.ReplacedRun(out, ["checkpoints", "metrics.jsonl"]).move_aside()
+    (out / "metrics.jsonl").write_text("new, partial")  # the new run started writing, then died
+    (out / "checkpoints" / "step_2").mkdir(parents=True)  # an incomplete checkpoint (no state.json)
+    msgs = []
+    runtime.ReplacedRun(out, ["checkpoints", "metrics.jsonl"]).recover(msgs.append)
+    assert _files(out) == old and "restored" in msgs[0]
+
+
+def test_replaced_run_is_dropped_once_the_new_run_has_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    _old_run(out)
+    runtime.ReplacedRun(out, ["checkpoints", "metrics.jsonl"]).move_aside()
+    (out / "checkpoints" / "step_2").mkdir(parents=True)
+    (out / "checkpoints" / "step_2" / "state.json").write_text("new")
+    runtime.ReplacedRun(out, ["checkpoints", "metrics.jsonl"]).recover()
+    assert _files(out) == {"checkpoints/step_2/state.json": "new", "notes.txt": "mine"}
+
+
+def test_replaced_run_cut_short_while_moving_puts_everything_back(tmp_path):
+    out = tmp_path / "run"
+    old = _old_run(out)
+    aside = out / runtime.ReplacedRun.ASIDE
+    aside.mkdir()
+    os.replace(out / "metrics.jsonl", aside / "metrics.jsonl")  # killed after the first of two moves
+    runtime.ReplacedRun(out, ["metrics.jsonl", "checkpoints"]).recover()
+    assert _files(out) == old
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_output_files_honour_the_umask(tmp_path, mask):
+    """metrics.jsonl, config.yaml, adapter_config.json, state.json and eval JSON went through mkstemp
+    and came out 0600 whatever the umask."""
+    import mlx.core as mx
+
+    old = os.umask(mask)
+    try:
+        runtime.atomic_write(tmp_path / "a.txt", "x")
+        runtime.atomic_write_json(tmp_path / "state.json", {"step": 1})
+        runtime.save_config(tmp_path, {"iters": 1})
+        log = runtime.MetricsLog(tmp_path / "metrics.jsonl")
+        log.log({"step": 1})
+        log.truncate_after(1)
+        runtime.save_safetensors_atomic(tmp_path / "adapters.safetensors", {"w": mx.zeros((2,))})
+    finally:
+        os.umask(old)
+    for name in ["a.txt", "state.json", "config.yaml", "metrics.jsonl", "adapters.safetensors"]:
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

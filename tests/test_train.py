@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT
 
+import prompt
 import train
 from prompt import encode_example
 
@@ -44,12 +45,12 @@ def sft_args(model, data, out, *extra):
 
 def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
     """The mask mlx-lm's default_loss builds from our (offset, length) rows selects the target lines
-    and <|im_end|> - not the prompt, not the empty think block."""
+    and <|im_end|> - not the prompt (system and user turns)."""
     import mlx.core as mx
 
     ids, prompt_len = encode_example(qwen_tokenizer, "auth config", PAIRS)
     it = train.make_iterate_batches(seed=0)
-    batch, lengths, positions = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
+    batch, lengths, positions, shared = next(it([(ids, prompt_len)] * 2, 2, 512, loop=True))
     assert batch.shape[1] - 1 == 16 * -(-(len(ids) - 1) // 16)  # inputs padded to a multiple of 16
     targets = batch[:, 1:]
     steps = mx.arange(1, targets.shape[1] + 1)
@@ -60,7 +61,9 @@ def test_loss_mask_covers_exactly_the_completion(qwen_tokenizer):
         qwen_tokenizer.decode(picked)
         == "lex: auth config file\nvec: where is the auth configuration stored\n<|im_end|>"
     )
-    assert "<think>" in qwen_tokenizer.decode(ids[:prompt_len])
+    assert "<think>" not in qwen_tokenizer.decode(ids) and prompt.SYSTEM_PROMPT in qwen_tokenizer.decode(
+        ids[:prompt_len]
+    )
     # completion_loss's positions select the same targets
     picked_too = [int(targets[0, p]) for p in positions[0].tolist() if p >= 0]
     assert picked_too == picked
@@ -76,13 +79,16 @@ def test_completion_loss_equals_mlx_lm_default_loss(tiny_model):
 
     model, tok = tiny_model
     rows = [encode_example(tok, q, PAIRS) for q in ["auth config", "a much longer query about kubernetes ingress tls"]]
-    batch, lengths, positions = next(train.make_iterate_batches(seed=0)(rows, 2, 512, loop=True))
-    (ours, n_ours), g_ours = nn.value_and_grad(model, train.completion_loss)(model, batch, lengths, positions)
+    batch, lengths, positions, shared = next(train.make_iterate_batches(seed=0)(rows, 2, 512, loop=True))
+    # the rows share BOS, the system prompt and "<|im_start|>user\n/no_think Expand this search query:"
+    assert tok.decode(batch[0, :shared].tolist()).endswith("Expand this search query:") and shared > 70
     (ref, n_ref), g_ref = nn.value_and_grad(model, default_loss)(model, batch, lengths)
-    assert int(n_ours) == int(n_ref) == sum(len(ids) - p for ids, p in rows)
-    assert abs(float(ours) - float(ref)) < 1e-4 * abs(float(ref))
-    for (name, a), (_, b) in zip(tree_flatten(g_ours), tree_flatten(g_ref)):
-        assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), name
+    for s in (shared, 0):  # the shared prefix run once, and the plain path
+        (ours, n_ours), g_ours = nn.value_and_grad(model, train.completion_loss)(model, batch, lengths, positions, s)
+        assert int(n_ours) == int(n_ref) == sum(len(ids) - p for ids, p in rows)
+        assert abs(float(ours) - float(ref)) < 1e-4 * abs(float(ref))
+        for (name, a), (_, b) in zip(tree_flatten(g_ours), tree_flatten(g_ref)):
+            assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), (s, name)
 
 
 def test_positions_cover_every_target_at_padding_boundaries():
@@ -90,7 +96,9 @@ def test_positions_cover_every_target_at_padding_boundaries():
     for targets in [1, 15, 16, 17, 31, 32, 33]:
         prompt_len = 5
         ids = list(range(1, prompt_len + targets + 1))
-        batch, lengths, positions = next(train.make_iterate_batches(seed=0)([(ids, prompt_len)] * 2, 2, 512, loop=True))
+        batch, lengths, positions, _ = next(
+            train.make_iterate_batches(seed=0)([(ids, prompt_len)] * 2, 2, 512, loop=True)
+        )
         got = [p for p in positions[0].tolist() if p >= 0]
         assert got == list(range(prompt_len - 1, prompt_len - 1 + targets)), targets
         assert positions.shape[1] % 16 == 0
@@ -100,7 +108,7 @@ def test_batches_are_length_buckets_and_order_is_a_function_of_seed():
     data = [([1] * n, 1) for n in [5, 50, 6, 51, 7, 52, 8, 53]]
     it = train.make_iterate_batches(seed=1)
     batches = [b for _, b in zip(range(8), it(data, 2, 512, loop=True))]
-    for _arr, lengths, _pos in batches:
+    for _arr, lengths, *_ in batches:
         lens = [n for _, n in lengths.tolist()]
         assert max(lens) - min(lens) <= 2  # similar lengths together
     again = [b for _, b in zip(range(8), train.make_iterate_batches(seed=1)(data, 2, 512, loop=True))]
@@ -154,7 +162,7 @@ def test_sft_trains_saves_and_resumes_exactly(tiny_model_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_path):
+def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_path, monkeypatch):
     import mlx.core as mx
 
     data = write_data(tmp_path / "data")
@@ -162,9 +170,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_adapter(tiny_model_path, tmp_pat
     ok = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2"))
     assert ok.exit_code == 0, ok.output
     good = mx.load(str(out / "adapters.safetensors"))
-    bad = CliRunner().invoke(
-        train.cli, sft_args(tiny_model_path, data, out, "--iters", "8", "--resume", "--learning-rate", "nan")
-    )
+    real = train.completion_loss
+
+    def nan_loss(*args):
+        loss, ntoks = real(*args)
+        return loss * float("nan"), ntoks
+
+    monkeypatch.setattr(train, "completion_loss", nan_loss)
+    bad = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "8", "--resume"))
     assert bad.exit_code == 1
     assert "nan" in bad.output.lower() and "last good adapter (step 2)" in bad.output
     kept = mx.load(str(out / "adapters.safetensors"))
@@ -189,7 +202,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tiny_model_path, tmp_pat
         assert time.time() < deadline, "".join(lines)
     rest, _ = proc.communicate(timeout=240)
     output = "".join(lines) + rest
-    assert proc.returncode == 0, output
+    assert proc.returncode == 130, output  # interrupted, not finished
     assert "stopped at step" in output and "--resume" in output
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     assert ckpts and (ckpts[-1] / "state.json").exists()
@@ -252,3 +265,227 @@ def test_configs_load_and_presets_differ_only_where_they_should():
     for name, model in [("sft-0.6B", "Qwen/Qwen3-0.6B"), ("sft-4B", "Qwen/Qwen3-4B")]:
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", train.SFT_DEFAULTS)
         assert cfg["model"] == model
+
+
+def fake_old_run(out):
+    """A finished run's files (content does not matter: they must survive a failed --overwrite)."""
+    ckpt = out / "checkpoints" / "step_0000002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text('{"step": 2}')
+    for name in ["adapters.safetensors", "adapter_config.json", "config.yaml", "metrics.jsonl"]:
+        (out / name).write_text(f"old {name}")
+    (out / "notes.txt").write_text("mine")
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def snapshot(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_keeps_the_old_run_when_data_or_model_is_bad(tiny_model_path, tmp_path):
+    """--overwrite used to delete the old run before looking at the data: a typo then left nothing."""
+    out = tmp_path / "run"
+    old = fake_old_run(out)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "d.jsonl").write_text('{"query": "q"}\n')
+    r1 = CliRunner().invoke(train.cli, sft_args(tiny_model_path, bad, out, "--iters", "2", "--overwrite"))
+    assert r1.exit_code == 2 and "d.jsonl:1" in r1.output, r1.output
+    data = write_data(tmp_path / "data")
+    r2 = CliRunner().invoke(train.cli, sft_args(tmp_path / "no-model", data, out, "--iters", "2", "--overwrite"))
+    assert r2.exit_code == 2, r2.output
+    assert snapshot(out) == old
+
+
+def test_overwrite_restores_the_old_run_when_the_new_one_fails_before_a_checkpoint(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    old = fake_old_run(out)
+    data = write_data(tmp_path / "data")
+
+    def broken_loss(*args):
+        raise RuntimeError("loss bug")
+
+    monkeypatch.setattr(train, "completion_loss", broken_loss)
+    result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "4", "--overwrite"))
+    assert isinstance(result.exception, RuntimeError) and "previous run is restored" in result.output
+    assert snapshot(out) == old
+
+
+def test_output_folder_holding_the_data_is_refused(tiny_model_path, tmp_path):
+    data = write_data(tmp_path / "data")
+    before = snapshot(tmp_path / "data")
+    for out in [data, tmp_path, data / "run"]:
+        result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2", "--overwrite"))
+        assert result.exit_code == 2 and "must be a folder of its own" in result.output, result.output
+    assert snapshot(tmp_path / "data") == before
+
+
+def interrupt_after(monkeypatch, n_batches):
+    """Send this process SIGINT (Ctrl-C) right after the trainer has taken `n_batches` batches."""
+    real = train.make_iterate_batches
+
+    def make(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        def iterate(*a, **kw):
+            for i, batch in enumerate(inner(*a, **kw), 1):
+                yield batch
+                if i == n_batches and kw.get("loop", a[3] if len(a) > 3 else False):
+                    signal.raise_signal(signal.SIGINT)
+
+        return iterate
+
+    monkeypatch.setattr(train, "make_iterate_batches", make)
+
+
+def test_the_printed_resume_hint_works_verbatim(tiny_model_path, tmp_path, monkeypatch):
+    """The Ctrl-C hint used to re-read the default configs/sft.yaml (Qwen3-1.7B, batch 4) and refuse."""
+    import shlex
+
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "my run"
+    interrupt_after(monkeypatch, 2)
+    first = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "6"))
+    assert first.exit_code == 130 and "stopped at step 2" in first.output, first.output
+    hint = first.output.split("Continue with: ", 1)[1].splitlines()[0]
+    argv = shlex.split(hint)
+    assert argv[:2] == ["python", "train.py"]
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(train.cli, argv[2:])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "step     6/6 | loss" in resumed.output
+    state = json.loads((train.runtime.latest_checkpoint(out) / "state.json").read_text())
+    assert state["step"] == 6
+
+
+def test_resume_refuses_changed_settings_with_a_diff_and_accepts_safe_ones(tiny_model_path, tmp_path):
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2")).exit_code == 0
+    bad = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(out), "--batch-size", "4", "--rank", "8"])
+    assert bad.exit_code == 2
+    assert "--batch-size 4 (the run has 2)" in bad.output and "--rank 8 (the run has 4)" in bad.output
+    assert "--iters" in bad.output  # says which keys may change
+    ok = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(out), "--iters", "4"])
+    assert ok.exit_code == 0, ok.output
+    assert "step     4/4 | loss" in ok.output
+
+
+def write_split_data(folder, n_train=12, n_valid=4):
+    """A folder with train.jsonl and valid.jsonl, so runs have a validation set."""
+    write_data(folder / "t", n_train + n_valid)
+    lines = (folder / "t" / "d.jsonl").read_text().splitlines(keepends=True)
+    (folder / "train.jsonl").write_text("".join(lines[:n_train]))
+    (folder / "valid.jsonl").write_text("".join(lines[n_train:]))
+    return folder
+
+
+def test_validation_step_numbers_are_absolute_and_survive_resume(tiny_model_path, tmp_path):
+    """Validation used to run before the step it was numbered after, counted from the resume point:
+    a resumed run printed "step 24/25 | val loss" for the last step."""
+    data = write_split_data(tmp_path / "data")
+    runner = CliRunner()
+
+    def val_steps(out):
+        return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
+
+    full = tmp_path / "full"
+    r = runner.invoke(train.cli, sft_args(tiny_model_path, data, full, "--iters", "4", "--steps-per-eval", "2"))
+    assert r.exit_code == 0, r.output
+    assert val_steps(full) == [0, 2, 4] and "step     4/4 | val loss" in r.output
+    half = tmp_path / "half"
+    r1 = runner.invoke(train.cli, sft_args(tiny_model_path, data, half, "--iters", "3", "--steps-per-eval", "2"))
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(train.cli, ["sft", "--resume", "--adapter-path", str(half), "--iters", "4"])
+    assert r2.exit_code == 0, r2.output
+    assert "step     4/4 | val loss" in r2.output and "step     3/4 | val loss" not in r2.output
+    assert val_steps(half) == [0, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "yaml_text, flags, expected",
+    [
+        ('iters: "ten"\n', [], "c.yaml: iters: 'ten' is not allowed; iters must be an integer >= 1"),
+        (
+            "learning_rate: -1.0\n",
+            [],
+            "c.yaml: learning_rate: -1.0 is not allowed; learning_rate must be a number in (0, 1]",
+        ),
+        ("lr_schedule: linear\n", [], "lr_schedule must be one of 'cosine', 'constant'"),
+        ("lora_keys: []\n", [], "lora_keys must be a non-empty list"),
+        ("", ["--rank", "0"], "--rank 0: rank must be an integer >= 1"),
+        ("", ["--batch-size", "0"], "--batch-size 0: batch_size must be an integer >= 1"),
+        ("", ["--grad-accumulation-steps", "0"], "--grad-accumulation-steps 0: grad_accumulation_steps must be"),
+        ("", ["--num-layers", "0"], "--num-layers 0: num_layers must be an integer >= 1, or -1"),
+        ("", ["--dropout", "1.5"], "--dropout 1.5: dropout must be a number in [0, 1)"),
+        ("", ["--learning-rate", "nan"], "--learning-rate nan: learning_rate must be"),
+    ],
+)
+def test_bad_config_values_fail_before_the_model_loads_naming_key_source_and_range(
+    tmp_path, yaml_text, flags, expected
+):
+    """These used to train anyway or end in a TypeError/ZeroDivisionError traceback after the model loaded."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    data = write_data(tmp_path / "data")
+    args = ["sft", "--config", str(cfg), "--model", str(tmp_path / "no-model"), "--data", str(data), *flags]
+    result = CliRunner().invoke(train.cli, [*args, "--adapter-path", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output, result.output
+    assert "neither a local folder" not in result.output  # refused before the model was looked at
+
+
+def test_every_shipped_config_passes_its_schema():
+    import grpo
+    from runtime import load_config
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        defaults, schema = (
+            (grpo.GRPO_DEFAULTS, grpo.GRPO_SCHEMA)
+            if path.name.startswith("grpo")
+            else (train.SFT_DEFAULTS, train.SFT_SCHEMA)
+        )
+        load_config(path, defaults, schema=schema)
+
+
+def test_yaml_exponent_without_a_dot_is_the_number_meant(tmp_path):
+    """PyYAML reads `1e-4` as a string; a learning rate written that way is taken as 0.0001."""
+    from runtime import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1e-4\niters: 1.0e+3\n")
+    got = load_config(cfg, train.SFT_DEFAULTS, schema=train.SFT_SCHEMA)
+    assert got["learning_rate"] == 1e-4 and got["iters"] == 1000 and isinstance(got["iters"], int)
+
+
+def test_warmup_longer_than_the_run_is_scaled_with_a_warning():
+    """--iters 40 with the shipped 50 warm-up steps used to end the run at its peak learning rate."""
+    cfg = {**train.SFT_DEFAULTS, "iters": 40, "grad_accumulation_steps": 1, "warmup_steps": 50}
+    msgs = []
+    schedule = train.make_optimizer(cfg, echo=msgs.append)._schedulers["learning_rate"]
+    peak = cfg["learning_rate"]
+    assert msgs and "warmup_steps 50" in msgs[0] and "using 4" in msgs[0]
+    assert abs(schedule(4).item() - peak) < 1e-6 * peak  # warm-up done after 4 steps
+    assert schedule(39).item() < 0.2 * peak  # and the cosine decays by the end
+    ok = []
+    train.make_optimizer({**cfg, "iters": 400}, echo=ok.append)
+    assert ok == []
+
+
+def test_sft_says_what_it_is_doing_from_the_first_second(tiny_model_path, tmp_path):
+    """SFT used to be silent until its first report (36 s on the demo: model load, then validation)."""
+    data = write_split_data(tmp_path / "data")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "4", "--steps-per-report", "4"))
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("reading data from")
+    assert any(x.startswith(f"loading {tiny_model_path}") for x in lines[:3])
+    assert "step     0/4 | validation loss over 2 batches ..." in r.output
+    first = next(i for i, x in enumerate(lines) if x.startswith("step     1/4 | loss"))  # before any report step
+    assert first < next(i for i, x in enumerate(lines) if x.startswith("step     4/4 | loss"))
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train_loss" in x]
+    assert steps == [4]  # the early line is printed, the log keeps its cadence

