@@ -93,6 +93,7 @@ import sys
 from collections import (
     Counter,
     _count_elements,  # the C loop behind Counter.update
+    defaultdict,
 )
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -542,34 +543,38 @@ def _chain(q: QueryInfo, words: list):
     return f"token soup: {' '.join(doubles)!r}" if len(doubles) >= 2 else None
 
 
-def _invented_number(q: QueryInfo, low: str, words: list, full_low: str):
+def _invented_number(q: QueryInfo, low: str, words: list, full_low: str, long=None, i: int = -1):
     """A number, version or code in a lex line that the query lacks, that no other line gives, and that no
-    training example has with the query's words. None if there is none (or the query is unknown)."""
+    training example has with the query's words. None if there is none (or the query is unknown).
+    `long`: a _LongOutput for a long output (then `i` is this line's index, and `full_low` unused)."""
     for w in words:
         if w.isalpha():  # one C call rules out a plain word
             continue
         w = w.strip(_STRIP)
-        if w in q.low or not _NUMBER_RE.fullmatch(w) or full_low.count(w) > low.count(w):
-            continue  # the query's own number, or one another line gives too
+        if w in q.low or not _NUMBER_RE.fullmatch(w):
+            continue  # the query's own number
+        if long.elsewhere(w, i) if long is not None else full_low.count(w) > low.count(w):
+            continue  # one another line gives too
         qmask = _query_mask(q.low)
         if qmask and not _lexicon().get(w, 0) & qmask:
             return f"{w!r} in a lex line: not in the query, never seen with its words"
     return None
 
 
-def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str) -> list:
+def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str, long=None) -> list:
     """Words of a lex line that nothing ties to the query ("sqlite banana bicycle"): plain words that are
     not the query's, not in any other line of the output, and in no training example together with a
     query word or with a specific word (one in at most SPECIFIC_DF examples) of the output, nor with
     each other. `extra`: the line's words minus the query's and stop words. Exclusions (-word) are meant
-    to be unrelated and are left alone."""
+    to be unrelated and are left alone. `long`: a _LongOutput for a long output (`full_low` unused)."""
     qlow = q.low
     cands = []
     for w in extra:
         if not w.isalpha():
             if w[0] == "-" or not (w := w.strip(_STRIP)).isalpha():
                 continue  # an exclusion; numbers and code are not words
-        if len(w) >= 3 and full_low.count(w4 := w[:4]) == 1 and w4 not in qlow:
+        w4 = w[:4]
+        if len(w) >= 3 and (long.once(w4) if long is not None else full_low.count(w4) == 1) and w4 not in qlow:
             cands.append(w)  # not the query's, and no other line has it (nor this one twice)
     if len(cands) < 2:
         return []
@@ -582,12 +587,98 @@ def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str) -> list:
     if len(bad) < 2:
         return []
     own = {w[:5] for w in cands}
-    specific = 0  # the examples holding a specific word of the output
-    for k in _keys(full_low) - own:
-        if (m := lex.get(k, 0)) and m.bit_count() <= SPECIFIC_DF:
-            specific |= m
+    if long is not None:
+        specific = long.specific(own)
+    else:
+        specific = 0  # the examples holding a specific word of the output
+        for k in _keys(full_low) - own:
+            if (m := lex.get(k, 0)) and m.bit_count() <= SPECIFIC_DF:
+                specific |= m
     bad = [(w, m) for w, m in bad if not m & specific]
     return [w for w, m in bad if not any(m & o for v, o in bad if v != w)]
+
+
+LONG_OUTPUT = 24  # from this many lines on, an output's substring questions go through _LongOutput
+
+
+class _LongOutput:
+    """Questions about the whole output of a long file, answered without a scan of the output each.
+
+    For a few lines, str.count over the joined output is the fastest answer; for thousands of lines it
+    makes scoring quadratic (one scan per line). Here each line's distinct k-character substrings are
+    indexed once (k = 1..4, built when first asked), so a question costs a lookup and a look at one or
+    two lines. The answers are str.count's: the output is its lines joined by newlines and no question
+    holds a newline, so a count over the output is the sum of the counts over its lines."""
+
+    def __init__(self, lows: list):
+        self.lows = lows
+        self.grams = {}  # k -> {substring of k characters: indices of the lines holding it}
+        self.holders = {}  # text -> up to two indices of lines holding it
+        self.spec = None  # (key -> mask, OR of all masks, bit -> how many masks have it), built when asked
+
+    def _lines_with(self, t: str) -> list:
+        """Up to two lines (indices) that contain t."""
+        got = self.holders.get(t)
+        if got is None:
+            k = min(len(t), 4)
+            idx = self.grams.get(k)
+            if idx is None:
+                idx = self.grams[k] = defaultdict(list)
+                for j, low in enumerate(self.lows):
+                    for g in {low[p : p + k] for p in range(len(low) - k + 1)}:
+                        idx[g].append(j)
+            cands = idx.get(t[:k], ())
+            if len(t) <= 4:
+                got = list(cands[:2])
+            else:
+                got = []
+                for j in cands:
+                    if t in self.lows[j]:
+                        got.append(j)
+                        if len(got) == 2:
+                            break
+            self.holders[t] = got
+        return got
+
+    def once(self, t: str) -> bool:
+        """The same as full_low.count(t) == 1, for a non-empty t."""
+        got = self._lines_with(t)
+        return len(got) == 1 and self.lows[got[0]].count(t) == 1
+
+    def elsewhere(self, t: str, i: int) -> bool:
+        """Whether a line other than line i holds t: full_low.count(t) > lows[i].count(t)."""
+        return any(j != i for j in self._lines_with(t))
+
+    def specific(self, own: set) -> int:
+        """The OR of the lexicon masks of the output's keys outside `own` that are specific (in at most
+        SPECIFIC_DF examples). OR cannot be undone, so each bit counts the masks that have it: a bit
+        held only by masks of `own` keys is cleared."""
+        if self.spec is None:
+            lex, spec, every, holders = _lexicon(), {}, 0, {}
+            for k in _keys("\n".join(self.lows)):
+                if (m := lex.get(k, 0)) and m.bit_count() <= SPECIFIC_DF:
+                    spec[k] = m
+                    every |= m
+                    for b in _bits(m):
+                        holders[b] = holders.get(b, 0) + 1
+            self.spec = (spec, every, holders)
+        spec, every, holders = self.spec
+        mine = {}
+        for k in own:
+            if k in spec:
+                for b in _bits(spec[k]):
+                    mine[b] = mine.get(b, 0) + 1
+        for b, c in mine.items():
+            if holders[b] == c:
+                every &= ~(1 << b)
+        return every
+
+
+def _bits(m: int):
+    while m:
+        low = m & -m
+        yield low.bit_length() - 1
+        m ^= low
 
 
 def _off_topic(off: list, lows: list, on: list) -> set:
@@ -663,7 +754,8 @@ def _plural_pair(diff: set) -> bool:
 
 def _near_duplicates(sets, min_diff: int) -> int:
     """Pairs of token sets that differ by fewer than `min_diff` tokens (or are equal), or by one word and
-    its plural ("expiry time" / "expiry times")."""
+    its plural ("expiry time" / "expiry times"). Every pair: the reference, and the faster choice for a
+    few lines (an output has at most 3 of each type unless it is broken)."""
     dups = 0
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
@@ -672,6 +764,94 @@ def _near_duplicates(sets, min_diff: int) -> int:
                 dups += 1
             elif len(diff) == 2:
                 dups += _plural_pair(diff)
+    return dups
+
+
+PAIRWISE_MAX = 12  # up to this many lines of a type, near-duplicates are counted pair by pair
+
+
+def _near_duplicates_fast(sets, min_diff: int) -> int:
+    """The count of _near_duplicates in time linear in the number of sets (times a line's words, squared
+    at worst), for users who point reward.py at a file of thousands of lines.
+
+    A pair counts when its symmetric difference has d < min_diff tokens, or d == 2 and the two are a word
+    and its plural. With min_diff <= 3 only d <= 2 matters, and such a pair is one of: equal sets (d=0);
+    V = U + {x} (d=1); a swap U = C + {a}, V = C + {b} (d=2, same size; the core C is unique to the pair);
+    V = U + {x, y} (d=2). Equal sets are counted by multiplicity, the other kinds by looking up what a
+    set becomes with one or two tokens removed. Lookups go through the sum of the tokens' hashes (an
+    int, no new set per removal) and every hit is confirmed on the sets themselves, so a hash collision
+    cannot change the count. Swaps are counted per core, as pairs within each core's group, so a thousand
+    lines that all differ in one word cost a thousand lookups, not half a million pairs."""
+    if min_diff not in (2, 3):  # the rubric's values; the reference handles any other
+        return _near_duplicates(sets, min_diff)
+    mult = {}
+    for s in sets:
+        f = frozenset(s)
+        mult[f] = mult.get(f, 0) + 1
+    dups = sum(m * (m - 1) // 2 for m in mult.values())
+    if len(mult) < 2:
+        return dups
+    uniq = list(mult)
+    hsum = [sum(map(hash, f)) for f in uniq]
+    by_key = {}  # (size, hash sum) -> indices into uniq
+    by_size = {}  # size -> indices into uniq
+    for u, f in enumerate(uniq):
+        by_key.setdefault((len(f), hsum[u]), []).append(u)
+        by_size.setdefault(len(f), []).append(u)
+
+    # d = 1: a set and itself plus one token
+    for v, V in enumerate(uniq):
+        k = len(V) - 1
+        if k in by_size:
+            hit = set()
+            for x in V:
+                for u in by_key.get((k, hsum[v] - hash(x)), ()):
+                    if u not in hit and uniq[u] < V:
+                        hit.add(u)
+                        dups += mult[uniq[u]] * mult[V]
+
+    # d = 2, a swap: group (set, removed token) by the core left, confirmed on the core itself
+    buckets = {}
+    for v, V in enumerate(uniq):
+        if len(by_size[len(V)]) >= 2:
+            for a in V:
+                buckets.setdefault((len(V), hsum[v] - hash(a)), []).append((v, a))
+    for entries in buckets.values():
+        if len(entries) < 2:
+            continue
+        groups = {}  # (the core, the removed token's stem when only plurals count) -> multiplicities
+        for v, a in entries:
+            key = (uniq[v] - {a}, _stem(a) if min_diff < 3 else None)
+            groups.setdefault(key, []).append(mult[uniq[v]])
+        for ms in groups.values():
+            if len(ms) > 1:
+                total = sum(ms)
+                dups += (total * total - sum(m * m for m in ms)) // 2
+
+    # d = 2, a set and itself plus two tokens (any two when min_diff is 3, else a word and its plural)
+    for v, V in enumerate(uniq):
+        k = len(V) - 2
+        if k not in by_size:
+            continue
+        hit = set()
+        if min_diff < 3:
+            stems = {}
+            for x in V:
+                stems.setdefault(_stem(x), []).append(x)
+            pairs = [p for p in stems.values() if len(p) == 2]
+        elif len(V) * (len(V) - 1) // 2 <= 4 * len(by_size[k]):
+            toks = list(V)
+            pairs = [(x, y) for i, x in enumerate(toks) for y in toks[i + 1 :]]
+        else:  # a long line: fewer sets of the right size than pairs of its tokens, test them directly
+            for u in by_size[k]:
+                if uniq[u] < V:
+                    dups += mult[uniq[u]] * mult[V]
+            continue
+        for x, y in pairs:
+            for u in by_key.get((k, hsum[v] - hash(x) - hash(y)), ()):
+                if u not in hit and uniq[u] < V:
+                    hit.add(u)
+                    dups += mult[uniq[u]] * mult[V]
     return dups
 
 
@@ -758,11 +938,13 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             if not has_key[i] and plines[i][0] != "hyde" and not echo[i] and not _has_term(lows[i], topic)
         ]
         if off:
-            on = [i for i in range(n) if i not in off and (has_key[i] or _has_term(lows[i], topic))]
+            off_set = set(off)
+            on = [i for i in range(n) if i not in off_set and (has_key[i] or _has_term(lows[i], topic))]
             dropped = _off_topic(off, lows, on)
             for i in sorted(dropped):
                 found.append((f"off-topic {plines[i][0]}", f"{plines[i][1][:60]!r} shares no word with the query"))
     full_low = None  # the whole output in lower case, joined when a check needs it
+    long = _LongOutput(lows) if n >= LONG_OUTPUT else None  # a long file: no scan of it per line
     for i in dropped:  # the lines checked below skip these
         if (hit := _placeholder(q, plines[i][1], lows[i], words[i])) is not None:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
@@ -793,8 +975,9 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             found.append(("token chain", why))
         if k == "lex":
             if _DIGIT_RE.search(low):
-                full_low = full_low or "\n".join(lows)
-                if why := _invented_number(q, low, w, full_low):
+                if long is None:
+                    full_low = full_low or "\n".join(lows)
+                if why := _invented_number(q, low, w, full_low, long, i):
                     found.append(("invented number", why))
             lex_idx.append(i)
     # Unrelated lex words: only a lex line with 2+ words that no other line has (a set difference and
@@ -803,11 +986,12 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         extra = wsets[i] - q.word_set - STOPWORDS
         if len(extra) < 2:
             continue
-        full_low = full_low or "\n".join(lows)
-        if (
-            sum(full_low.count(w[:4]) == 1 for w in extra) >= 2
-            and len(bad := _unrelated_words(q, lows[i], extra, full_low)) >= 2
-        ):
+        if long is not None:
+            once = sum(long.once(w[:4]) for w in extra)
+        else:
+            full_low = full_low or "\n".join(lows)
+            once = sum(full_low.count(w[:4]) == 1 for w in extra)
+        if once >= 2 and len(bad := _unrelated_words(q, lows[i], extra, full_low, long)) >= 2:
             found.append(
                 ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
             )
@@ -878,13 +1062,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             diff = a ^ b
             dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
         elif len(idx) > 2:
-            dups = _near_duplicates([_dup_set(lows[i], wsets[i], plain) for i in idx], min_diff)
+            count = _near_duplicates if len(idx) <= PAIRWISE_MAX else _near_duplicates_fast
+            dups = count([_dup_set(lows[i], wsets[i], plain) for i in idx], min_diff)
         else:
             dups = 0
         div += max(0, 5 - 2 * dups)
         if dups:
             ded.append(("diversity", min(5, 2 * dups), f"{dups} near-duplicate {name} pair(s)"))
-            found.extend([("near-duplicate lines", f"{name} lines that differ by a word or a plural")] * dups)
+            # one case each (a long file can hold millions of pairs): past 7 the breakage cap is reached anyway
+            found.extend([("near-duplicate lines", f"{name} lines that differ by a word or a plural")] * min(dups, 9))
+            if dups > 9:
+                found.append(("near-duplicate lines", f"{dups - 9} more {name} pairs"))
     div += max(0, 5 - 5 * n_echo)
     if n_echo:
         ded.append(("diversity", 5, f"{n_echo} line(s) just repeat the query"))
