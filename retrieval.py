@@ -674,3 +674,72 @@ def wins_ties_losses(a, b, eps: float = 1e-9) -> dict:
         else:
             t += 1
     return {"wins": w, "ties": t, "losses": lo}
+
+
+# ----------------------------------------------------------------------------
+# The real QMD as an engine (qmd_harness, qmd/retrieve.mjs)
+
+
+class QmdEngine:
+    """The installed QMD (make qmd) over one corpus: `qmd collection add` in a throw-away sandbox, then
+    every query run through QMD's own hybridQuery with --no-rerank (qmd/retrieve.mjs), the expansion
+    given. Offline QMD has no embedding model: this is BM25 plus the lex lines."""
+
+    def __init__(self, corpus, collection: str | None = None):
+        import qmd_harness
+
+        self.root = Path(corpus).resolve()
+        self.collection = collection or self.root.name
+        self.sandbox = qmd_harness.Sandbox()
+        try:
+            self.sandbox.run("collection", "add", str(self.root), "--name", self.collection, timeout=600)
+        except BaseException:
+            self.sandbox.close()
+            raise
+        self.index = self.sandbox.cache_dir / "qmd" / "index.sqlite"
+        if not self.index.exists():
+            self.sandbox.close()
+            raise qmd_harness.QmdError(f"qmd collection add wrote no index at {self.index}")
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def run(self, requests, mode: str = "hybrid", limit: int = 10, timeout: float = 600) -> list:
+        """[(query, expansion)] -> one dict per request: files (ranked paths), strong_signal, error."""
+        import json
+        import subprocess
+
+        import qmd_harness
+
+        lines = [
+            json.dumps(
+                {"query": q, "expansion": [{"type": k, "query": t} for k, t in exp], "mode": mode, "limit": limit}
+            )
+            for q, exp in requests
+        ]
+        env = qmd_harness.node_env(self.sandbox.cache_dir, INDEX_PATH=str(self.index))
+        cmd = [str(qmd_harness.node_binary()), str(qmd_harness.QMD_DIR / "retrieve.mjs"), self.collection]
+        try:
+            proc = subprocess.run(
+                cmd,
+                input="\n".join(lines) + "\n",
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=self.sandbox.folder,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise qmd_harness.QmdError(f"qmd/retrieve.mjs: no answer within {timeout:.0f}s") from exc
+        out = [json.loads(x) for x in proc.stdout.splitlines() if x.strip()]
+        if proc.returncode != 0 or len(out) != len(lines):
+            tail = " | ".join(proc.stderr.strip().splitlines()[-5:])
+            raise qmd_harness.QmdError(f"qmd/retrieve.mjs answered {len(out)}/{len(lines)} requests: {tail}")
+        return out
