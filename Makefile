@@ -8,13 +8,13 @@ BIN    := $(VENV)/bin
 MLX    ?= default
 UNAME  := $(shell uname -s)
 
-.PHONY: setup setup-dev blas qmd test test-fast demo bench lint format clean
+.PHONY: setup setup-dev blas qmd retrieval-docs test test-fast demo bench lint format clean
 
 RUNTIME_STAMP := $(VENV)/.runtime-$(MLX)
 DEV_STAMP     := $(VENV)/.dev-$(MLX)
 
 setup: $(RUNTIME_STAMP) blas
-setup-dev: $(DEV_STAMP) blas qmd
+setup-dev: $(DEV_STAMP) blas qmd retrieval-docs
 
 $(RUNTIME_STAMP): requirements.txt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ $(QMD_STAMP): qmd/package.json qmd/package-lock.json
 	@command -v npm >/dev/null || { echo "make qmd needs npm (Debian: apt-get install npm; macOS: brew install node)"; exit 1; }
 	cd qmd && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# The documentation corpus of the retrieval eval is built from the docs inside two sdists on PyPI (Flask 3.1.0,
+# pytest 8.3.4), pinned by sha256 in evals/retrieval/build_docs.py and kept in ~/.cache/qmd-query-expansion/sdists
+# ($$QMD_RETRIEVAL_SDISTS): downloaded once here, so building the corpus needs no network later.
+retrieval-docs: $(RUNTIME_STAMP)
+	$(BIN)/python evals/retrieval/build_docs.py --fetch
 
 # Linux CPU: MLX's bundled BLAS is ~30x slower than OpenBLAS; the scripts preload OpenBLAS when present.
 blas:
