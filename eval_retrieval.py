@@ -56,6 +56,7 @@ HEADLINE = "ndcg@10"
 ABLATIONS = {"lex only": ("lex",), "vec only": ("vec",), "hyde only": ("hyde",), "all": ("lex", "vec", "hyde")}
 ENGINE_NOTES = {
     "hybrid": "retrieval.py: QMD's hybridQuery (no reranker) in Python, BM25 + multilingual-e5-small vectors",
+    "hybrid-bm25": "retrieval.py: QMD's hybridQuery (no reranker) in Python, --no-vectors: BM25 + lex lines only",
     "qmd": "the real QMD {version}, hybridQuery --no-rerank; offline: BM25 + lex lines only (no embedding model, "
     "vec/hyde lines do nothing)",
 }
@@ -592,6 +593,12 @@ def _unique(name, taken) -> str:
     "--engine", "engines", multiple=True, type=click.Choice(["hybrid", "qmd"]), help="Engines to run (default: both)."
 )
 @click.option(
+    "--vectors/--no-vectors",
+    default=True,
+    show_default=True,
+    help="hybrid engine: e5 vectors for the query and vec/hyde lines (--no-vectors: BM25 + lex, like offline QMD).",
+)
+@click.option(
     "--max-tokens", default=256, show_default=True, help="MLX generation cap per query (QMD's own cap is 600)."
 )
 @click.option("--batch-size", default=64, show_default=True, help="MLX prompts decoded together.")
@@ -611,6 +618,7 @@ def cli(
     qmd_paths,
     expansion_paths,
     engines,
+    vectors,
     max_tokens,
     batch_size,
     seed,
@@ -671,14 +679,13 @@ def cli(
         t0 = time.perf_counter()
         _note(f"engine {eng}: indexing {len(docs)} documents ...")
         if eng == "hybrid":
-            engine = retrieval.Engine(corpus)
-            computed = engine.embedder.computed
-            _note(
-                f"engine hybrid: {len(engine.chunk_vectors)} chunks, {computed} embedded now (the rest from the cache)"
-            )
+            engine = retrieval.Engine(corpus, vectors=vectors)
+            if vectors:
+                n, done = len(engine.chunk_vectors), engine.embedder.computed
+                _note(f"engine hybrid: {n} chunks, {done} embedded now, {n - done} from the cache")
             res = evaluate_engine(eng, engine, queries, sources, seed, n_boot)
-            res["note"] = ENGINE_NOTES[eng]
-            res["embedded_now"] = engine.embedder.computed
+            res["note"] = ENGINE_NOTES[eng] if vectors else ENGINE_NOTES["hybrid-bm25"]
+            res["embedded_now"] = engine.embedder.computed if vectors else 0
         else:
             with retrieval.QmdEngine(corpus) as engine:
                 res = evaluate_engine(eng, engine, queries, sources, seed, n_boot)
@@ -696,6 +703,7 @@ def cli(
             "queries_count": len(queries),
             "engines": engines,
             "sources": list(sources),
+            "vectors": vectors,
             "max_tokens": max_tokens,
             "seed": seed,
             "bootstrap": n_boot,

@@ -211,9 +211,11 @@ def bm25_to_score(raw: float) -> float:
 # ----------------------------------------------------------------------------
 # Titles and chunks (extractTitle, chunkDocument*)
 
-_LINE = r"[^\n\r\u2028\u2029]"  # JavaScript's `.`
-_TITLE_RE = regex.compile(rf"^##?\s+({_LINE}+)$", regex.M)
-_H2_RE = regex.compile(rf"^##\s+({_LINE}+)$", regex.M)
+# JavaScript's `.`, and `^`/`$` under the m flag (line starts/ends at \n, \r, U+2028 and U+2029)
+_LINE = r"[^\n\r\u2028\u2029]"
+_BOL, _EOL = r"(?:(?<=\A)|(?<=[\n\r\u2028\u2029]))", r"(?=[\n\r\u2028\u2029]|\Z)"
+_TITLE_RE = regex.compile(rf"{_BOL}##?\s+({_LINE}+){_EOL}")
+_H2_RE = regex.compile(rf"{_BOL}##\s+({_LINE}+){_EOL}")
 
 
 def extract_title(content: str, filename: str) -> str:
