@@ -4,6 +4,7 @@
     lines = retrieval.qmd_expansion(query, model_text)           # what QMD keeps of a model's output
     paths = engine.search(query, lines)                          # ranked paths relative to the corpus
     retrieval.ndcg_at_k(paths, {"docker-prune.md": 1})           # 0..1
+    engine.score(query, model_text, {"docker-prune.md": 1})      # the two steps in one (a reward's shape)
 
 Why a Python copy of QMD when the real QMD is installed (qmd_harness.py): offline, QMD cannot embed
 (its embedding model is a download), so the real QMD measures BM25 plus lex lines only, and it spends
@@ -616,6 +617,15 @@ class Engine:
     def search(self, query: str, expansion=(), limit: int = 10, strong_signal: bool = True) -> list:
         """Ranked paths (relative to the corpus) for `query` searched with `expansion` lines."""
         return self.rank(query, expansion, limit, strong_signal).paths
+
+    def score(
+        self, query: str, text: str | None, relevant, metric: str = "ndcg@10", strong_signal: bool = True
+    ) -> float:
+        """`metric` (see METRICS) of what QMD finds for `query` when its model wrote `text` (None: no
+        expansion): the shape of a retrieval reward. Lex lines and texts seen before cost well under a
+        millisecond; every new vec/hyde text costs one e5 embedding (tens of ms on 2 cores)."""
+        ranked = self.search(query, qmd_expansion(query, text), strong_signal=strong_signal)
+        return METRICS[metric](ranked, relevant)
 
 
 # ----------------------------------------------------------------------------

@@ -218,6 +218,14 @@ def test_engine_bm25_and_lex_lines(notes_engine):
     assert e.rank("sourdough starter", [("lex", "mortgage rate")], strong_signal=False).paths[-1] == "mortgage.md"
 
 
+def test_engine_score_is_the_metric_of_what_qmd_keeps(notes_engine):
+    e, q, rel = notes_engine, "docker using too much disk", ["docker-prune.md"]
+    assert e.score(q, None, rel) == 0.0
+    assert e.score(q, "lex: docker volumes\nvec: free up space", rel) == 1.0
+    assert e.score(q, "lex: container volumes", rel) == 0.0  # no query word: QMD drops the line
+    assert e.score(q, "lex: docker volumes", rel, metric="recall@10") == 1.0
+
+
 def test_engine_rrf_weights_original_query_double(notes_engine):
     e = notes_engine
     query, lex = "auth", "caddy"
