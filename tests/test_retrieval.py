@@ -364,3 +364,18 @@ def test_vectors_find_by_meaning_and_are_cached(tmp_path, monkeypatch):
     result = run_cli(["--corpus", "evals/notes", "--queries", str(q), "--engine", "hybrid", "--expansions", str(x)])
     assert result.exit_code == 0, result.output
     assert "multilingual-e5-small" in result.output
+
+
+def test_cli_mlx_source_on_the_tiny_model(tiny_model_path, tmp_path):
+    """--model: eval.py's batched generation with QMD's sampling; an untuned model's text falls back."""
+    q = write_jsonl(tmp_path / "q.jsonl", QUERIES)
+    out = tmp_path / "rep.json"
+    args = ["--corpus", "evals/notes", "--queries", str(q), "--engine", "hybrid", "--no-vectors", "--model"]
+    result = run_cli(args + [str(tiny_model_path), "--max-tokens", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rep = json.loads(out.read_text())
+    base = rep["sources"]["base"]
+    assert base["kind"] == "mlx" and base["generation"]["seed"] == 0 and len(base["expansions"]) == 3
+    for e in base["expansions"]:  # random weights write no valid line: QMD's fallback hyde line only
+        assert e["fallback"] and e["lines"] == [["hyde", f"Information about {e['query']}"]]
+    assert list(rep["engines"]["hybrid"]["runs"]) == ["none", "base"]
