@@ -13,6 +13,7 @@
 import json
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,9 @@ def test_bm25_lex_rankings_equal_real_qmd_on_notes():
 
 def test_bm25_lex_rankings_equal_real_qmd_on_docs(tmp_path):
     build = ROOT / "evals" / "retrieval" / "build_docs.py"
-    proc = subprocess.run(["python", str(build), str(tmp_path / "docs")], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(build), str(tmp_path / "docs")], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         pytest.skip(f"docs corpus not buildable here (make setup-dev fetches its sdists): {proc.stderr[-200:]}")
     assert_same_rankings(
