@@ -86,6 +86,7 @@ def fetch() -> None:
         path = sdist_path(name, version)
         if path.exists() and sha256(path) == digest:
             continue
+        path.unlink(missing_ok=True)  # pip would keep a damaged file of the same name
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
         subprocess.run([*cmd, f"{name}=={version}", "-d", str(dest)], check=True)
         if sha256(path) != digest:
