@@ -101,7 +101,7 @@ DEMO_ADAPTER  ?= adapters/demo
 RETRIEVAL_OUT ?= adapters/retrieval
 eval-retrieval: setup qmd retrieval-docs
 	@[ -f $(DEMO_ADAPTER)/adapter_config.json ] || { echo "$(DEMO_ADAPTER) has no trained adapter: run \`make demo\` first (it trains the tuned demo model this compares)"; exit 1; }
-	rm -rf $(RETRIEVAL_OUT)/docs && $(BIN)/python evals/retrieval/build_docs.py $(RETRIEVAL_OUT)/docs
+	$(BIN)/python evals/retrieval/build_docs.py $(RETRIEVAL_OUT)/docs
 	$(BIN)/python eval_retrieval.py --corpus evals/retrieval/notes --queries evals/retrieval/notes.jsonl \
 	  --adapter $(DEMO_ADAPTER) --baseline -o $(RETRIEVAL_OUT)/notes.json
 	$(BIN)/python eval_retrieval.py --corpus $(RETRIEVAL_OUT)/docs --queries evals/retrieval/docs.jsonl \
