@@ -39,7 +39,6 @@ import runtime
 runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux (as eval.py does)
 
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -497,13 +496,7 @@ def plot_report(report: dict, path) -> Path:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_title(f"nDCG@10 lift vs none by line type ({eng}, 95% CI)", fontsize=9)
     fig.suptitle(f"{report['config']['corpus_name']}: retrieval with expansions")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return runtime.save_figure(fig, path)
 
 
 def read_report(path) -> dict:
