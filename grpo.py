@@ -46,12 +46,13 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
@@ -160,8 +161,7 @@ RESUME_KEYS = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+TrainingDiverged = runtime.TrainingDiverged
 
 
 # ----------------------------------------------------------------------------
@@ -332,6 +332,201 @@ def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps):
 
 
 # ----------------------------------------------------------------------------
+# The training loop: rollout -> score -> advantages -> update, customised by passing functions
+
+
+@dataclass
+class Group:
+    """One prompt and its G sampled completions; each stage of a step fills in its part."""
+
+    query: str
+    prompt: list  # prompt token ids
+    completions: list  # G lists of completion token ids (the end token included when finished)
+    finished: list  # per completion: ended with an end token (False: cut at max_completion_tokens)
+    texts: list = field(default_factory=list)  # decoded completions, end tokens removed
+    rewards: Any = None  # (G,) numpy
+    valid: list = field(default_factory=list)  # per completion: format-valid
+    advantages: Any = None  # (G,) numpy; all zero: the group carries no signal and is not trained on
+    tokens: Any = None  # (G, C) right-padded mx.array of completion tokens
+    mask: Any = None  # (G, C) 1.0 where a real completion token is trained on
+    old_logp: Any = None  # (G, C) log-probs under the rollout policy (set by the first update)
+    ref_logp: Any = None  # (G, C) log-probs under the reference (SFT) policy
+
+    @property
+    def trains(self) -> bool:
+        import numpy as np
+
+        return self.advantages is not None and bool(np.any(self.advantages != 0))
+
+
+def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn, objective=None, callback=None, start=0):
+    """GRPO from step `start` to args["steps"]; returns the last step completed.
+
+    prompts: the training queries; args: the run's (checked) config; reward_fn(query, text,
+    truncated) -> (reward, format-valid); objective(logp, group, batch, args) -> (loss, stats) is the
+    loss of one group (default: grpo_objective); callback.on_step(step, groups, stats) logs,
+    evaluates and saves, callback.should_stop() ends the run between steps (Ctrl-C, drift guard).
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    objective = objective or grpo_objective
+    callback = callback or Callback()
+
+    def group_loss(model, group, batch):
+        logp = completion_logprobs(model, group.prompt, group.tokens)
+        old = group.old_logp if group.old_logp is not None else mx.stop_gradient(logp)
+        loss, stats = objective(logp, old, group, batch, args)
+        return loss, (stats, old)
+
+    loss_and_grad = nn.value_and_grad(model, group_loss)
+    step = start
+    while step < args["steps"] and not callback.should_stop():
+        t0 = time.perf_counter()
+        mx.random.seed(args["seed"] * 100003 + step)
+        groups = rollout(model, tokenizer, prompts_for_step(prompts, step, args["batch_size"], args["seed"]), args)
+        t_roll = time.perf_counter() - t0
+        score(groups, reward_fn)
+        compute_advantages(groups, args)
+        try:
+            stats = update(model, optimizer, [g for g in groups if g.trains], args, loss_and_grad)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"{exc} at step {step + 1}") from None
+        step += 1
+        stats.update(rollout_s=t_roll, step_s=time.perf_counter() - t0)
+        callback.on_step(step, groups, stats)
+    return step
+
+
+class Callback:
+    """The loop's hooks; the default does nothing and never stops."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_step(self, step, groups, stats) -> None:
+        pass
+
+
+def rollout(model, tokenizer, queries, args) -> list:
+    """G sampled completions for each query, all B x G decoded together (decode.py)."""
+    from prompt import prompt_ids
+
+    prompts = [prompt_ids(tokenizer, q) for q in queries]
+    samples = decode.generate(
+        model,
+        prompts,
+        n=args["group_size"],
+        max_tokens=args["max_completion_tokens"],
+        stop_ids=tokenizer.eos_token_ids,
+        temp=args["temperature"],
+        top_p=args["top_p"],
+        top_k=args["top_k"],
+    )
+    eos = set(tokenizer.eos_token_ids)
+    return [
+        Group(
+            query=q,
+            prompt=p,
+            completions=[s.tokens for s in group],
+            finished=[s.finished for s in group],
+            texts=[tokenizer.decode([t for t in s.tokens if t not in eos]) for s in group],
+        )
+        for q, p, group in zip(queries, prompts, samples)
+    ]
+
+
+def score(groups, reward_fn) -> None:
+    """Every completion's reward and format validity; a completion cut at the cap is scored as truncated."""
+    import numpy as np
+
+    for g in groups:
+        scored = [reward_fn(g.query, t, truncated=not f) for t, f in zip(g.texts, g.finished)]
+        g.rewards = np.array([r for r, _ in scored], dtype=np.float64)
+        g.valid = [ok for _, ok in scored]
+
+
+def compute_advantages(groups, args) -> None:
+    for g in groups:
+        g.advantages = group_advantages(g.rewards)
+
+
+def update(model, optimizer, groups, args, loss_and_grad) -> dict:
+    """`updates_per_batch` optimizer steps on the groups that carry signal; the stats of the last one.
+
+    The reference log-probs come first (GRPO LoRA off, no gradients). The rollout policy's log-probs
+    ("old") are not a separate pass: the first update runs with the rollout weights, so its own
+    forward pass provides them and later updates reuse them.
+    """
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    for g in groups:
+        g.tokens, g.mask = group_batch(g.completions)
+        with lora_off(model):
+            g.ref_logp = completion_logprobs(model, g.prompt, g.tokens)
+        mx.eval(g.ref_logp)
+        g.old_logp = None
+    batch = {"tokens": sum(sum(len(c) for c in g.completions) for g in groups)}
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": batch["tokens"]}
+    for _ in range(args["updates_per_batch"] if groups else 0):
+        grads, loss_sum, kl_sum, clip_sum = None, 0.0, 0.0, 0.0
+        for g in groups:
+            (loss, (gstats, old)), grad = loss_and_grad(model, g, batch)
+            g.old_logp = old
+            grads = grad if grads is None else _tree_add(grads, grad)
+            mx.eval(grads, loss, gstats, old)
+            loss_sum += loss.item()
+            kl_sum += gstats["kl"].item()
+            clip_sum += gstats["clipped"].item()
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"loss is {loss_sum}")
+        grads, _ = optim.clip_grad_norm(grads, args["max_grad_norm"])
+        optimizer.update(model, grads)
+        mx.eval(model.trainable_parameters(), optimizer.state)
+        stats.update(loss=loss_sum, kl=kl_sum, clipped=clip_sum)
+    return stats
+
+
+def grpo_objective(logp, old, group, batch, args):
+    """The clipped token-level loss + beta * k3, summed over this group's tokens and divided by the
+    batch's completion-token count (so the groups' losses add up to the batch mean)."""
+    import mlx.core as mx
+
+    adv = mx.array(group.advantages, dtype=mx.float32)
+    per_tok, kl, clipped = grpo_token_loss(logp, old, group.ref_logp, adv, group.mask, args["beta"], args["clip_eps"])
+    stats = {"kl": mx.stop_gradient(kl.sum()), "clipped": mx.stop_gradient(clipped.sum())}
+    return per_tok.sum() / batch["tokens"], stats
+
+
+def step_record(step, groups, stats, peak_memory_gb, learning_rate) -> dict:
+    """The step's line of metrics.jsonl."""
+    import numpy as np
+
+    rewards = np.concatenate([g.rewards for g in groups])
+    lengths = [len(c) for g in groups for c in g.completions]
+    n_tokens = stats["tokens"]
+    return {
+        "step": step,
+        "reward_mean": round(float(np.mean(rewards)), 4),
+        "reward_std": round(float(np.std(rewards)), 4),
+        "format_valid": round(float(np.mean([v for g in groups for v in g.valid])), 4),
+        "zero_variance_groups": round(1 - sum(g.trains for g in groups) / len(groups), 3),
+        "kl": round(stats["kl"] / max(n_tokens, 1), 6),
+        "clip_ratio": round(stats["clipped"] / max(n_tokens, 1), 4),
+        "loss": round(stats["loss"], 6),
+        "completion_len_mean": round(float(np.mean(lengths)), 1),
+        "completion_len_max": int(max(lengths)),
+        "truncated": round(float(np.mean([not f for g in groups for f in g.finished])), 3),
+        "tokens_per_sec": round(sum(lengths) / max(stats["rollout_s"], 1e-9), 1),
+        "rollout_s": round(stats["rollout_s"], 2),
+        "step_s": round(stats["step_s"], 2),
+        "peak_memory_gb": round(peak_memory_gb, 3),
+        "learning_rate": learning_rate,
+    }
+
+
+# ----------------------------------------------------------------------------
 # The run
 
 
@@ -440,14 +635,8 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
 
 def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
-    import numpy as np
 
-    import eval as ev
-    from prompt import prompt_ids
-
-    pass_truncated = _takes_truncated(scorer)
     sft_cfg_file = Path(cfg["sft_adapter"]) / "adapter_config.json"
     if not sft_cfg_file.exists():
         raise runtime.ModelError(
@@ -486,8 +675,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     )
 
     def lr_schedule(step):
-        w = warmup
-        return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(w, 1))
+        return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(warmup, 1))
 
     optimizer = optim.Adam(learning_rate=lr_schedule)
     start, best = 0, {"score": -1.0, "step": None}
@@ -503,19 +691,99 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
     metrics.log({"event": "start", "from_step": start, **runtime.environment()})
-    sampling = {"temp": cfg["temperature"], "top_p": cfg["top_p"], "top_k": cfg["top_k"]}
-    loss_and_grad = nn.value_and_grad(
-        model, lambda m, p, tokens, old, ref, adv, mask, n: _group_objective(m, p, tokens, old, ref, adv, mask, n, cfg)
-    )
     echo(
         f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | LoRA rank {cfg['rank']} on {params['keys']} | "
         f"{len(train_q)} prompts, {len(heldout)} held-out | B={cfg['batch_size']} G={cfg['group_size']} beta={cfg['beta']}"
     )
 
-    def evaluate_now(step):
-        result = ev.evaluate(model, tokenizer, heldout, cfg["eval_max_tokens"], batch_size=16)
+    run = RunCallback(cfg, model, tokenizer, optimizer, out, metrics, heldout, best, start, echo, replaced)
+    run.save_best = lambda extra: save_adapter_folder(out / "best", model, cfg, num_layers, params, extra)
+    run.lr_schedule = lr_schedule
+    reward_fn = scorer if _takes_truncated(scorer) else (lambda q, t, truncated=False: scorer(q, t))
+    with runtime.interruptible(echo, "step") as interrupted:
+        run.interrupted = interrupted
+        try:
+            if start == 0 and heldout:
+                echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
+                run.evaluate(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
+            step = train_grpo(
+                model, optimizer, train_q, cfg, tokenizer=tokenizer, reward_fn=reward_fn, callback=run, start=start
+            )
+        except TrainingDiverged as exc:
+            _plot(out, metrics)
+            raise TrainingDiverged(
+                f"{exc}: training stopped; the best adapter (step {best['step']}) is kept in {out / 'best'}"
+            ) from None
+
+    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+    replaced.commit()
+    _plot(out, metrics)
+    stopped_early = interrupted["flag"] and step < cfg["steps"] and not run.stop_reason
+    if run.stop_reason:
+        echo(run.stop_reason)
+    elif stopped_early:
+        echo(
+            f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
+        )
+    else:
+        echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - run.t_start)}")
+    if best["step"] is not None:
+        echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
+    return {"step": step, "best": best, "stopped": run.stop_reason, "interrupted": stopped_early}
+
+
+class RunCallback(Callback):
+    """What a run does after each step: the metrics line, the drift guard, held-out evaluation, checkpoints."""
+
+    def __init__(self, cfg, model, tokenizer, optimizer, out, metrics, heldout, best, start, echo, replaced):
+        self.cfg, self.model, self.tokenizer, self.optimizer = cfg, model, tokenizer, optimizer
+        self.out, self.metrics, self.heldout, self.best, self.start = out, metrics, heldout, best, start
+        self.echo, self.replaced = echo, replaced
+        self.formats = deque(maxlen=cfg["drift_window"])
+        self.stop_reason, self.interrupted = None, {"flag": False}
+        self.t_start = time.perf_counter()
+
+    def should_stop(self) -> bool:
+        return self.interrupted["flag"] or self.stop_reason is not None
+
+    def on_step(self, step, groups, stats) -> None:
+        import mlx.core as mx
+        import numpy as np
+
+        cfg = self.cfg
+        rec = step_record(step, groups, stats, mx.get_peak_memory() / 1e9, float(self.lr_schedule(step - 1)))
+        eta = (time.perf_counter() - self.t_start) / (step - self.start) * (cfg["steps"] - step)
+        rec["eta_s"] = round(eta, 1)
+        self.metrics.log(rec)
+        self.echo(
+            f"step {step:4d}/{cfg['steps']} | reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} | "
+            f"format {100 * rec['format_valid']:.0f}% | zero-var {100 * rec['zero_variance_groups']:.0f}% | "
+            f"kl {rec['kl']:.5f} | clip {100 * rec['clip_ratio']:.1f}% | len {rec['completion_len_mean']:.0f}/{rec['completion_len_max']} "
+            f"trunc {100 * rec['truncated']:.0f}% | {rec['tokens_per_sec']:.0f} tok/s | {rec['step_s']:.1f}s | "
+            f"{rec['peak_memory_gb']:.2f} GB | ETA {runtime.hms(eta)}"
+        )
+        self.formats.append(rec["format_valid"])
+        if len(self.formats) == self.formats.maxlen and np.mean(self.formats) < cfg["drift_min_format"]:
+            self.stop_reason = (
+                f"drift guard: format-valid rate over the last {len(self.formats)} steps is {100 * np.mean(self.formats):.0f}% "
+                f"(< {100 * cfg['drift_min_format']:.0f}%). Stopping; the best adapter is kept. Try a larger --beta or a lower --learning-rate."
+            )
+            return
+        if self.heldout and (step % cfg["eval_every"] == 0 or step == cfg["steps"]):
+            self.evaluate(step)
+        if step % cfg["save_every"] == 0 or step == cfg["steps"]:
+            runtime.save_checkpoint(
+                self.out, self.model, self.optimizer, step, cfg["keep_checkpoints"], {"best": self.best}
+            )
+            self.replaced.commit()
+            _plot(self.out, self.metrics)
+
+    def evaluate(self, step):
+        import eval as ev
+
+        result = ev.evaluate(self.model, self.tokenizer, self.heldout, self.cfg["eval_max_tokens"], batch_size=16)
         s = result["summary"]
-        metrics.log(
+        self.metrics.log(
             {
                 "step": step,
                 "eval_score": s["average"],
@@ -523,178 +791,15 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
                 "eval_issues": s["issues"],  # held-out outputs showing each breakage kind (reward.py)
             }
         )
-        improved = s["average"] > best["score"]
+        improved = s["average"] > self.best["score"]
         if improved:
-            best.update(score=s["average"], step=step)
-            save_adapter_folder(
-                out / "best", model, cfg, num_layers, params, {"heldout_score": s["average"], "step": step}
-            )
-        echo(
+            self.best.update(score=s["average"], step=step)
+            self.save_best({"heldout_score": s["average"], "step": step})
+        self.echo(
             f"step {step:4d} | held-out score {100 * s['average']:.1f}% | format-valid {100 * s['format_valid_rate']:.0f}%"
             + (" | new best" if improved else "")
         )
         return s
-
-    interrupted = {"flag": False}
-
-    def on_sigint(signum, frame):
-        if interrupted["flag"]:
-            raise KeyboardInterrupt
-        interrupted["flag"] = True
-        echo("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
-    formats = deque(maxlen=cfg["drift_window"])
-    t_start, step, stop_reason = time.perf_counter(), start, None
-    try:
-        if start == 0 and heldout:
-            echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
-            evaluate_now(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
-        while step < cfg["steps"] and not interrupted["flag"]:
-            t0 = time.perf_counter()
-            mx.random.seed(cfg["seed"] * 100003 + step)
-            queries = prompts_for_step(train_q, step, cfg["batch_size"], cfg["seed"])
-            prompts = [prompt_ids(tokenizer, q) for q in queries]
-            groups = decode.generate(
-                model,
-                prompts,
-                n=cfg["group_size"],
-                max_tokens=cfg["max_completion_tokens"],
-                stop_ids=tokenizer.eos_token_ids,
-                **sampling,
-            )
-            t_roll = time.perf_counter() - t0
-
-            # -- rewards and advantages
-            eos = set(tokenizer.eos_token_ids)
-            rewards, valid, lengths, truncated, work = [], [], [], [], []
-            for q, p, group in zip(queries, prompts, groups):
-                texts = [tokenizer.decode([t for t in s.tokens if t not in eos]) for s in group]
-                if pass_truncated:  # a rollout cut at the token cap is a failure
-                    scored = [scorer(q, t, truncated=not s.finished) for t, s in zip(texts, group)]
-                else:
-                    scored = [scorer(q, t) for t in texts]
-                r = [x for x, _ in scored]
-                rewards += r
-                valid += [ok for _, ok in scored]
-                lengths += [len(s.tokens) for s in group]
-                truncated += [not s.finished for s in group]
-                adv = group_advantages(r)
-                if np.any(adv != 0):
-                    work.append((p, [s.tokens for s in group], adv))
-            n_tokens = sum(sum(len(c) for c in comps) for _, comps, _ in work)
-
-            # -- reference log-probs (no gradients), then the updates. The rollout policy's log-probs
-            # ("old") are not a separate pass: the first update runs with the rollout weights, so its
-            # own forward pass provides them (old=None below) and later updates reuse them.
-            prepared = []
-            for p, comps, adv in work:
-                tokens, mask = group_batch(comps)
-                with lora_off(model):
-                    ref = completion_logprobs(model, p, tokens)
-                mx.eval(ref)
-                prepared.append([p, tokens, mask, None, ref, mx.array(adv, dtype=mx.float32)])
-            kl_sum = clip_sum = loss_sum = 0.0
-            for _ in range(cfg["updates_per_batch"] if prepared else 0):
-                grads, kl_sum, clip_sum, loss_sum = None, 0.0, 0.0, 0.0
-                for item in prepared:
-                    p, tokens, mask, old, ref, adv = item
-                    (loss, (kl, clipped, logp)), g = loss_and_grad(model, p, tokens, old, ref, adv, mask, n_tokens)
-                    if old is None:
-                        item[3] = logp
-                    grads = g if grads is None else _tree_add(grads, g)
-                    mx.eval(grads, loss, kl, clipped, item[3])
-                    loss_sum += loss.item()
-                    kl_sum += kl.item()
-                    clip_sum += clipped.item()
-                if not math.isfinite(loss_sum):
-                    raise TrainingDiverged(f"loss is {loss_sum} at step {step + 1}")
-                grads, _ = optim.clip_grad_norm(grads, cfg["max_grad_norm"])
-                optimizer.update(model, grads)
-                mx.eval(model.trainable_parameters(), optimizer.state)
-            step += 1
-
-            # -- report
-            dt = time.perf_counter() - t0
-            gen_tokens = sum(lengths)
-            rec = {
-                "step": step,
-                "reward_mean": round(float(np.mean(rewards)), 4),
-                "reward_std": round(float(np.std(rewards)), 4),
-                "format_valid": round(float(np.mean(valid)), 4),
-                "zero_variance_groups": round(1 - len(work) / len(groups), 3),
-                "kl": round(kl_sum / max(n_tokens, 1), 6),
-                "clip_ratio": round(clip_sum / max(n_tokens, 1), 4),
-                "loss": round(loss_sum, 6),
-                "completion_len_mean": round(float(np.mean(lengths)), 1),
-                "completion_len_max": int(max(lengths)),
-                "truncated": round(float(np.mean(truncated)), 3),
-                "tokens_per_sec": round(gen_tokens / max(t_roll, 1e-9), 1),
-                "rollout_s": round(t_roll, 2),
-                "step_s": round(dt, 2),
-                "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
-                "learning_rate": float(lr_schedule(step - 1)),
-            }
-            eta = (time.perf_counter() - t_start) / (step - start) * (cfg["steps"] - step)
-            rec["eta_s"] = round(eta, 1)
-            metrics.log(rec)
-            echo(
-                f"step {step:4d}/{cfg['steps']} | reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} | "
-                f"format {100 * rec['format_valid']:.0f}% | zero-var {100 * rec['zero_variance_groups']:.0f}% | "
-                f"kl {rec['kl']:.5f} | clip {100 * rec['clip_ratio']:.1f}% | len {rec['completion_len_mean']:.0f}/{rec['completion_len_max']} "
-                f"trunc {100 * rec['truncated']:.0f}% | {rec['tokens_per_sec']:.0f} tok/s | {dt:.1f}s | "
-                f"{rec['peak_memory_gb']:.2f} GB | ETA {runtime.hms(eta)}"
-            )
-
-            formats.append(rec["format_valid"])
-            if len(formats) == formats.maxlen and np.mean(formats) < cfg["drift_min_format"]:
-                stop_reason = (
-                    f"drift guard: format-valid rate over the last {len(formats)} steps is {100 * np.mean(formats):.0f}% "
-                    f"(< {100 * cfg['drift_min_format']:.0f}%). Stopping; the best adapter is kept. Try a larger --beta or a lower --learning-rate."
-                )
-                break
-            if heldout and (step % cfg["eval_every"] == 0 or step == cfg["steps"]):
-                evaluate_now(step)
-            if step % cfg["save_every"] == 0 or step == cfg["steps"]:
-                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
-                replaced.commit()
-                _plot(out, metrics)
-    except TrainingDiverged as exc:
-        _plot(out, metrics)
-        raise TrainingDiverged(
-            f"{exc}: training stopped; the best adapter (step {best['step']}) is kept in {out / 'best'}"
-        ) from None
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-
-    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
-    replaced.commit()
-    _plot(out, metrics)
-    if stop_reason:
-        echo(stop_reason)
-    elif interrupted["flag"] and step < cfg["steps"]:
-        echo(
-            f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
-        )
-    else:
-        echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - t_start)}")
-    if best["step"] is not None:
-        echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
-    stopped_early = interrupted["flag"] and step < cfg["steps"] and not stop_reason
-    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": stopped_early}
-
-
-def _group_objective(model, prompt, tokens, old, ref, adv, mask, n_tokens, cfg):
-    """This group's share of the batch loss, and (KL sum, clipped-token count, log-probs). With
-    old=None the weights are the rollout's, so old = the log-probs of this very pass (ratio 1)."""
-    import mlx.core as mx
-
-    logp = completion_logprobs(model, prompt, tokens)
-    if old is None:
-        old = mx.stop_gradient(logp)
-    per_tok, kl, clipped = grpo_token_loss(logp, old, ref, adv, mask, cfg["beta"], cfg["clip_eps"])
-    # this group's share of the batch mean over completion tokens
-    return per_tok.sum() / n_tokens, (mx.stop_gradient(kl.sum()), mx.stop_gradient(clipped.sum()), old)
 
 
 def _tree_add(a, b):

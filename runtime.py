@@ -22,9 +22,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 # ----------------------------------------------------------------------------
@@ -265,6 +267,25 @@ def check_output_folder(out, inputs: dict, flag: str = "--adapter-path") -> None
             f"{flag} {out} {how} the {name} {p}: the run writes its adapters, config and metrics into that "
             f"folder and --overwrite clears them, so it must be a folder of its own (e.g. {flag} {suggestion})"
         )
+
+
+@contextmanager
+def interruptible(echo=print, what: str = "step"):
+    """Ctrl-C as a request: the first one sets flag["flag"] (the loop finishes its `what`, saves a
+    checkpoint and stops), a second one aborts at once. The old handler is put back on exit."""
+    flag = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if flag["flag"]:
+            raise KeyboardInterrupt
+        flag["flag"] = True
+        echo(f"\ninterrupt: finishing this {what}, then saving a checkpoint (Ctrl-C again to abort)")
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
 
 
 class ReplacedRun:
@@ -546,6 +567,10 @@ def save_config(out_dir, cfg: dict, name: str = "config.yaml") -> Path:
 
 class ModelError(RuntimeError):
     pass
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN/inf loss: the run stops (exit status 1) and keeps its last good adapter."""
 
 
 def resolve_model(model: str) -> str:
