@@ -46,7 +46,6 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
@@ -169,26 +168,12 @@ TrainingDiverged = runtime.TrainingDiverged
 
 
 def build_policy(cfg):
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
+    """Base + fused SFT adapter (frozen) + a fresh GRPO LoRA: (model, tokenizer, num_layers, lora params)."""
     model, tokenizer = runtime.load_model(cfg["model"], cfg["sft_adapter"])
     runtime.fuse_lora(model)  # the SFT adapter becomes part of the frozen base
-    model.freeze()
-    n = len(model.layers)
-    num_layers = n if cfg["num_layers"] in (-1, None) else min(int(cfg["num_layers"]), n)
-    params = {
-        "rank": cfg["rank"],
-        "scale": cfg["alpha"] / cfg["rank"],
-        "dropout": cfg["dropout"],
-        "keys": list(cfg["lora_keys"]),
-    }
-    linear_to_lora_layers(model, num_layers, params)
-    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    if n_trainable == 0:
-        raise runtime.ModelError(f"no GRPO LoRA layers were created: none of {cfg['lora_keys']} exist in the model")
+    num_layers, _ = runtime.add_lora(model, cfg, "GRPO LoRA")
     model.eval()  # no dropout in rollouts or log-prob passes
-    return model, tokenizer, num_layers, params
+    return model, tokenizer, num_layers, runtime.lora_parameters(cfg)
 
 
 @contextmanager
@@ -557,25 +542,19 @@ def prompts_for_step(queries, step, batch_size, seed):
     return out
 
 
-def save_adapter_folder(folder: Path, model, cfg, num_layers, params, extra=None):
+def save_adapter_folder(folder: Path, model, cfg, num_layers, extra=None):
     from mlx.utils import tree_flatten
 
     folder.mkdir(parents=True, exist_ok=True)
     runtime.save_safetensors_atomic(folder / "adapters.safetensors", dict(tree_flatten(model.trainable_parameters())))
-    runtime.atomic_write_json(folder / "adapter_config.json", adapter_config(cfg, num_layers, params, extra))
+    runtime.atomic_write_json(folder / "adapter_config.json", adapter_config(cfg, num_layers, extra))
 
 
-def adapter_config(cfg, num_layers, params, extra=None) -> dict:
+def adapter_config(cfg, num_layers, extra=None) -> dict:
     """mlx-lm's adapter keys, plus `parent_adapter` (the SFT adapter this LoRA sits on)."""
-    return {
-        "fine_tune_type": "lora",
-        "num_layers": num_layers,
-        "lora_parameters": params,
-        "base_model": cfg["model"],
-        "parent_adapter": str(Path(cfg["sft_adapter"]).resolve()),
-        "train_config": cfg,
-        **(extra or {}),
-    }
+    return runtime.adapter_config(
+        cfg, num_layers, {"parent_adapter": str(Path(cfg["sft_adapter"]).resolve()), **(extra or {})}
+    )
 
 
 def default_scorer(query: str, text: str, truncated: bool = False) -> tuple:
@@ -645,22 +624,16 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     if cfg["model"] is None:
         cfg = {**cfg, "model": json.loads(sft_cfg_file.read_text()).get("base_model")}
     out = Path(cfg["adapter_path"])
-    runtime.check_output_folder(out, run_inputs(cfg))
-    replaced.recover(echo)
-    runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
-    existing = runtime.latest_checkpoint(out) if out.exists() else None
-    if resume and existing and (out / "config.yaml").exists():
-        saved = runtime.load_config(out / "config.yaml", GRPO_DEFAULTS)
-        changed = [k for k in RESUME_KEYS if saved.get(k) != cfg.get(k)]
-        if changed:
-            raise runtime.ConfigError(
-                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
-            )
-    if existing and not resume and not overwrite:
-        raise runtime.ConfigError(
-            f"{out} already holds a run ({existing.name}). Use --resume to continue it, --overwrite to start "
-            "over (the old run is replaced once the new one has a checkpoint), or --adapter-path for a new folder."
-        )
+    existing = runtime.open_run_folder(
+        cfg,
+        run_inputs(cfg),
+        replaced,
+        resume,
+        overwrite,
+        lambda: runtime.load_config(out / "config.yaml", GRPO_DEFAULTS) if (out / "config.yaml").exists() else None,
+        RESUME_KEYS,
+        echo,
+    )
 
     train_q, heldout = load_prompts(cfg)
     if len(train_q) < cfg["batch_size"]:
@@ -669,7 +642,6 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
     echo(f"loading {cfg['model']} + {cfg['sft_adapter']} ...")
     model, tokenizer, num_layers, params = build_policy(cfg)
-
     warmup = runtime.fit_warmup(
         cfg["warmup_steps"], cfg["steps"] * cfg["updates_per_batch"], "steps x updates_per_batch", echo
     )
@@ -686,7 +658,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     elif overwrite:
         replaced.move_aside()  # everything is checked and loaded: only now does the old run make way
     out.mkdir(parents=True, exist_ok=True)
-    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers, params))
+    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
     runtime.save_config(out, cfg)
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
@@ -697,7 +669,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     )
 
     run = RunCallback(cfg, model, tokenizer, optimizer, out, metrics, heldout, best, start, echo, replaced)
-    run.save_best = lambda extra: save_adapter_folder(out / "best", model, cfg, num_layers, params, extra)
+    run.save_best = lambda extra: save_adapter_folder(out / "best", model, cfg, num_layers, extra)
     run.lr_schedule = lr_schedule
     reward_fn = scorer if _takes_truncated(scorer) else (lambda q, t, truncated=False: scorer(q, t))
     with runtime.interruptible(echo, "step") as interrupted:
@@ -826,14 +798,7 @@ def _plot(out, metrics):
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(),
-    default=str(Path(__file__).parent / "configs" / "grpo.yaml"),
-    show_default="configs/grpo.yaml",
-    help="YAML config; flags below override it.",
-)
+@runtime.config_option("grpo.yaml")
 @click.option("--model", help="Base model (default: the SFT adapter's base model).")
 @click.option("--sft-adapter", help="SFT adapter folder the GRPO LoRA is trained on top of.")
 @click.option("--adapter-path", help="Output folder (adapters, checkpoints, best/, metrics, plot).")
@@ -873,22 +838,22 @@ def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output
 
     --resume continues from the run's own config.yaml; flags may change only how long it trains and
     how often it evaluates and saves (and the learning rate and drift guard)."""
-    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
-    try:
+
+    def body():
         cfg = runtime.load_run_config(
-            config_path, given, GRPO_DEFAULTS, flags, resume and not eval_only, SAFE_RESUME_KEYS, schema=GRPO_SCHEMA
+            config_path,
+            runtime.config_given(),
+            GRPO_DEFAULTS,
+            flags,
+            resume and not eval_only,
+            SAFE_RESUME_KEYS,
+            schema=GRPO_SCHEMA,
         )
         if eval_only:
             return _eval_only(cfg, eval_adapter, queries, output, verbose)
-        result = run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
-    except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except TrainingDiverged as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    if result.get("interrupted"):
-        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
+        return run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+
+    runtime.run_command(body, usage_errors=(data_mod.DataError,))
 
 
 def _eval_only(cfg, adapter, queries, output, verbose):

@@ -344,3 +344,13 @@ def test_bad_grpo_values_are_refused_before_anything_loads(tmp_path):
     assert r.exit_code == 2 and "g.yaml: beta: -0.1 is not allowed; beta must be a number >= 0" in r.output
     r = CliRunner().invoke(grpo.cli, ["--group-size", "1", "--sft-adapter", str(tmp_path / "none")])
     assert r.exit_code == 2 and "--group-size 1: group_size must be an integer >= 2" in r.output
+
+
+def test_grpo_configs_hold_only_what_differs_from_the_defaults():
+    """configs/grpo.yaml used to repeat all of GRPO_DEFAULTS: a new key was written three times."""
+    import yaml
+
+    for name in ["grpo.yaml", "grpo-demo.yaml"]:
+        values = yaml.safe_load((runtime.Path(grpo.__file__).parent / "configs" / name).read_text()) or {}
+        same = [k for k, v in values.items() if grpo.GRPO_DEFAULTS[k] == v]
+        assert not same, (name, same)
