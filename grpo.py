@@ -5,23 +5,41 @@
     python grpo.py --resume                          # continue adapters/grpo from its latest checkpoint
     python grpo.py --eval-only [--adapter A]         # evaluate an adapter on evals/queries.txt (eval.py's code)
 
+The shape (mlx-lm's trainer and nanochat's chat_rl.py are the models): train_grpo(model, optimizer,
+prompts, args, reward_fn=, objective=, callback=) runs rollout -> score -> advantages -> update ->
+callback for every step; each stage is a small function filling in a Group (one prompt, its G
+completions, rewards, advantages, mask, rollout and reference log-probs). The reward and the
+objective are passed in, the way mlx-lm's trainer takes loss= and iterate_batches=; the run around
+it (folder, resume, evaluation, checkpoints) lives in run_grpo and its RunCallback.
+
 The algorithm, one step:
-  1. Take B prompts: queries of the training split (the SFT validation split is held out for
+  1. Take B prompts: queries of the SFT run's training split (its validation split is held out for
      model selection), reshuffled every epoch with --seed.
   2. Sample G completions per prompt from the current policy: base + fused SFT adapter + a fresh
      small GRPO LoRA (rank 4, q/v projections). All B x G completions decode together in
      decode.py's batched sampler; each prompt is prefilled once and shared by its G samples.
-  3. Reward every completion with reward.py; advantage A = (r - mean_group) / (std_group + 1e-4).
-     A completion cut at max_completion_tokens without the end token is scored as truncated (0), so
-     running to the cap never pays. A group whose rewards are all equal carries no signal and is
-     skipped entirely. Held-out evaluations log the count of each breakage kind (eval_issues).
+  3. Reward every completion with reward.py. A completion cut at max_completion_tokens without the
+     end token is scored as truncated (0), so running to the cap never pays; with
+     mask_truncated_completions it also gets no gradient. Advantage A = r - mean_group, divided by
+     std_group + 1e-4 (scale_rewards: group), the batch's std + 1e-4 (batch) or nothing (none).
+     A group whose rewards are all equal - or whose std is below min_group_std - carries no signal
+     and is skipped entirely; the share of near-ties (std < LOW_STD) is logged every step.
   4. `updates_per_batch` optimizer steps on the batch. Per completion token:
         ratio = exp(logp - logp_rollout)
-        loss  = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + beta * k3
-        k3    = exp(logp_ref - logp) - (logp_ref - logp) - 1          (KL to the SFT model)
-     averaged over all completion tokens of the batch (token-level, as in DAPO/Dr. GRPO).
+        loss  = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * KL
+        KL    = k3 = exp(logp_ref - logp) - (logp_ref - logp) - 1        (to the SFT model)
+     with KL weighted by the detached ratio on reused rollouts (kl_ratio_correction: k3 is an
+     estimate for samples of the current policy; the weight makes it one for the rollout's).
      logp_ref comes from the same weights with the GRPO LoRA switched off (its scale set to 0):
-     no second model in memory.
+     no second model in memory. The objective (loss_type):
+        grpo     the loss above averaged over all completion tokens of the batch (token-level,
+                 the normalisation DAPO introduced; this project's GRPO has used it from the start)
+        dr_grpo  the same sum divided by a constant, B x G x max_completion_tokens, and rewards not
+                 scaled by the std (Dr. GRPO: neither long nor low-variance groups weigh more)
+        dapo     grpo with clip-higher: eps_high 0.28 above eps_low 0.2 (epsilon_high); DAPO's
+                 dynamic sampling is the skipping of zero-variance groups above
+        gspo     one ratio per completion, exp(mean token log-ratio), clipped at the sequence level,
+                 averaged over completions (GSPO; wants clip ranges near 3e-4 / 4e-4)
 Simplifications, stated: the policy is the model's untempered distribution while rollouts may be
 sampled with temperature/top-p/top-k (keep temperature 1.0 for strictly on-policy samples);
 logp_rollout is not taken from the sampler: the first update's own forward pass runs on the
@@ -63,9 +81,7 @@ GRPO_DEFAULTS = {
     "model": None,  # base model; default: the one the SFT adapter was trained on
     "sft_adapter": "adapters/sft",
     "adapter_path": "adapters/grpo",
-    "data": "data",
-    "valid_fraction": 0.05,  # must match SFT's so held-out queries stay held out
-    "split_seed": 0,
+    "data": None,  # default: the SFT run's data folder (split as that run split it)
     "steps": 200,
     "batch_size": 4,  # prompts per step
     "group_size": 4,  # completions per prompt
@@ -74,7 +90,13 @@ GRPO_DEFAULTS = {
     "warmup_steps": 10,
     "max_grad_norm": 1.0,
     "beta": 0.04,
-    "clip_eps": 0.2,
+    "clip_eps": 0.2,  # PPO clip range below 1 (and above, unless epsilon_high)
+    "epsilon_high": None,  # clip range above 1; default clip_eps, or 0.28 for dapo (clip-higher)
+    "loss_type": "grpo",  # grpo | dr_grpo | dapo | gspo (see the module docstring)
+    "scale_rewards": None,  # group | batch | none; default group, or none for dr_grpo
+    "min_group_std": 0.0,  # groups whose reward std is below this are not trained on (0: only exact ties)
+    "mask_truncated_completions": False,  # completions cut at the cap get no gradient
+    "kl_ratio_correction": True,  # reused rollouts: KL estimate weighted by the (detached) ratio
     "rank": 4,
     "alpha": 8,
     "dropout": 0.0,
@@ -101,9 +123,7 @@ GRPO_SCHEMA = {
     "model": K(str, null=True),
     "sft_adapter": K(str),
     "adapter_path": K(str),
-    "data": K(str),
-    "valid_fraction": K(float, 0, 1, hi_open=True),
-    "split_seed": K(int, 0),
+    "data": K(str, null=True),
     "steps": K(int, 1),
     "batch_size": K(int, 1),
     "group_size": K(int, 2),  # advantages are relative to the group: one completion has none
@@ -113,6 +133,12 @@ GRPO_SCHEMA = {
     "max_grad_norm": K(float, 0, lo_open=True),
     "beta": K(float, 0),
     "clip_eps": K(float, 0, 1, lo_open=True, hi_open=True),
+    "epsilon_high": K(float, 0, lo_open=True, null=True),
+    "loss_type": K(str, choices=("grpo", "dr_grpo", "dapo", "gspo")),
+    "scale_rewards": K(str, choices=("group", "batch", "none"), null=True),
+    "min_group_std": K(float, 0),
+    "mask_truncated_completions": K(bool),
+    "kl_ratio_correction": K(bool),
     "rank": K(int, 1),
     "alpha": K(float, 0, lo_open=True),
     "dropout": K(float, 0, 1, hi_open=True),
@@ -148,8 +174,6 @@ RESUME_KEYS = [
     "model",
     "sft_adapter",
     "data",
-    "valid_fraction",
-    "split_seed",
     "batch_size",
     "group_size",
     "rank",
@@ -194,15 +218,35 @@ def lora_off(model):
 # Advantages
 
 
-def group_advantages(rewards, eps: float = 1e-4):
-    """(r - mean) / (std + eps) per group; all-equal groups get all-zero advantages."""
+def group_advantages(
+    rewards, eps: float = 1e-4, scale: str = "group", batch_std: float | None = None, min_std: float = 0.0
+):
+    """Group-relative advantages: r - mean, divided by the group's std + eps (scale "group"), the
+    whole batch's std + eps ("batch") or nothing ("none"). A group whose std is below `min_std` (and
+    any group of equal rewards) gets all-zero advantages: it carries no signal and is not trained on."""
     import numpy as np
 
     r = np.asarray(rewards, dtype=np.float64)
     std = r.std()
-    if std < 1e-8:
+    if std < max(min_std, 1e-8):
         return np.zeros_like(r)
-    return (r - r.mean()) / (std + eps)
+    if scale == "group":
+        return (r - r.mean()) / (std + eps)
+    if scale == "batch":
+        return (r - r.mean()) / (batch_std + eps)
+    return r - r.mean()
+
+
+def reward_scaling(args) -> str:
+    """scale_rewards as configured; unset: none for dr_grpo (its point), group otherwise."""
+    return args["scale_rewards"] or ("none" if args["loss_type"] == "dr_grpo" else "group")
+
+
+def clip_range(args) -> tuple:
+    """(eps_low, eps_high): the ratio is clipped to [1 - eps_low, 1 + eps_high]."""
+    lo = args["clip_eps"]
+    hi = args["epsilon_high"] if args["epsilon_high"] is not None else (0.28 if args["loss_type"] == "dapo" else lo)
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------
@@ -303,17 +347,34 @@ def _make_token_logprobs():
     return f
 
 
-def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps):
-    """Per-token clipped policy-gradient loss + beta * k3 KL, masked. Shapes (G, C); adv (G,)."""
+def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps, clip_high=None, kl_ratio_correction=False):
+    """Per-token clipped policy-gradient loss + beta * KL, masked. Shapes (G, C); adv (G,).
+
+    KL is k3 = e^d - d - 1 with d = logp_ref - logp, an estimate of KL(policy || reference) for tokens
+    sampled from the policy. With kl_ratio_correction it is weighted by the detached ratio
+    policy / rollout policy: reused rollouts (the second and later updates of a batch) were sampled
+    from the rollout policy, and the weight makes the estimate unbiased for the current one. On the
+    first update the ratio is exactly 1, so nothing changes there.
+    Returns (loss, KL, clipped) per token; clipped counts tokens outside the clip range."""
     import mlx.core as mx
 
+    hi = clip_eps if clip_high is None else clip_high
     ratio = mx.exp(logp - old_logp)
     a = adv[:, None]
-    pg = -mx.minimum(ratio * a, mx.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a)
+    pg = -mx.minimum(ratio * a, mx.clip(ratio, 1.0 - clip_eps, 1.0 + hi) * a)
     d = ref_logp - logp
     kl = mx.expm1(d) - d  # k3 = e^d - d - 1, without float32 cancellation near d = 0
-    clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps)).astype(mx.float32)
+    if kl_ratio_correction:
+        kl = mx.stop_gradient(ratio) * kl
+    clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + hi)).astype(mx.float32)
     return (pg + beta * kl) * mask, kl * mask, clipped * mask
+
+
+def binding_clips(ratio, adv, lo, hi):
+    """Tokens where the clip binds: the clipped term is the smaller one, so the token gets no
+    policy gradient (ratio above 1 + hi with A > 0, or below 1 - lo with A < 0)."""
+    a = adv[:, None]
+    return ((ratio > 1.0 + hi) & (a > 0)) | ((ratio < 1.0 - lo) & (a < 0))
 
 
 # ----------------------------------------------------------------------------
@@ -355,7 +416,7 @@ def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn, objecti
     import mlx.core as mx
     import mlx.nn as nn
 
-    objective = objective or grpo_objective
+    objective = objective or OBJECTIVES[args["loss_type"]]
     callback = callback or Callback()
 
     def group_loss(model, group, batch):
@@ -432,8 +493,12 @@ def score(groups, reward_fn) -> None:
 
 
 def compute_advantages(groups, args) -> None:
+    import numpy as np
+
+    scale = reward_scaling(args)
+    batch_std = float(np.concatenate([g.rewards for g in groups]).std())
     for g in groups:
-        g.advantages = group_advantages(g.rewards)
+        g.advantages = group_advantages(g.rewards, scale=scale, batch_std=batch_std, min_std=args["min_group_std"])
 
 
 def update(model, optimizer, groups, args, loss_and_grad) -> dict:
@@ -446,16 +511,24 @@ def update(model, optimizer, groups, args, loss_and_grad) -> dict:
     import mlx.core as mx
     import mlx.optimizers as optim
 
+    masking = args["mask_truncated_completions"]
     for g in groups:
         g.tokens, g.mask = group_batch(g.completions)
+        if masking and not all(g.finished):
+            g.mask = g.mask * mx.array(g.finished, dtype=mx.float32)[:, None]
         with lora_off(model):
             g.ref_logp = completion_logprobs(model, g.prompt, g.tokens)
         mx.eval(g.ref_logp)
         g.old_logp = None
-    batch = {"tokens": sum(sum(len(c) for c in g.completions) for g in groups)}
-    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": batch["tokens"]}
-    for _ in range(args["updates_per_batch"] if groups else 0):
-        grads, loss_sum, kl_sum, clip_sum = None, 0.0, 0.0, 0.0
+    kept = [(c, f) for g in groups for c, f in zip(g.completions, g.finished) if f or not masking]
+    batch = {
+        "tokens": sum(len(c) for c, _ in kept),  # completion tokens trained on
+        "sequences": len(kept),
+        "budget": args["batch_size"] * args["group_size"] * args["max_completion_tokens"],
+    }
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "binding": 0.0, "grad_norm": 0.0, "tokens": batch["tokens"]}
+    for _ in range(args["updates_per_batch"] if batch["tokens"] else 0):
+        grads, loss_sum, kl_sum, clip_sum, bind_sum = None, 0.0, 0.0, 0.0, 0.0
         for g in groups:
             (loss, (gstats, old)), grad = loss_and_grad(model, g, batch)
             g.old_logp = old
@@ -464,24 +537,75 @@ def update(model, optimizer, groups, args, loss_and_grad) -> dict:
             loss_sum += loss.item()
             kl_sum += gstats["kl"].item()
             clip_sum += gstats["clipped"].item()
+            bind_sum += gstats.get("binding", mx.array(0.0)).item()
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"loss is {loss_sum}")
-        grads, _ = optim.clip_grad_norm(grads, args["max_grad_norm"])
+        grads, norm = optim.clip_grad_norm(grads, args["max_grad_norm"])
         optimizer.update(model, grads)
         mx.eval(model.trainable_parameters(), optimizer.state)
-        stats.update(loss=loss_sum, kl=kl_sum, clipped=clip_sum)
+        stats.update(loss=loss_sum, kl=kl_sum, clipped=clip_sum, binding=bind_sum, grad_norm=norm.item())
     return stats
 
 
 def grpo_objective(logp, old, group, batch, args):
-    """The clipped token-level loss + beta * k3, summed over this group's tokens and divided by the
-    batch's completion-token count (so the groups' losses add up to the batch mean)."""
+    """grpo, dr_grpo and dapo: the clipped token-level loss + beta * KL, summed over this group's
+    tokens and divided by the batch's normaliser, so the groups' losses add up to the batch loss:
+    its completion-token count (grpo, dapo) or the constant B x G x max_completion_tokens (dr_grpo)."""
     import mlx.core as mx
 
+    lo, hi = clip_range(args)
     adv = mx.array(group.advantages, dtype=mx.float32)
-    per_tok, kl, clipped = grpo_token_loss(logp, old, group.ref_logp, adv, group.mask, args["beta"], args["clip_eps"])
-    stats = {"kl": mx.stop_gradient(kl.sum()), "clipped": mx.stop_gradient(clipped.sum())}
-    return per_tok.sum() / batch["tokens"], stats
+    per_tok, kl, clipped = grpo_token_loss(
+        logp, old, group.ref_logp, adv, group.mask, args["beta"], lo, hi, args["kl_ratio_correction"]
+    )
+    binding = binding_clips(mx.exp(logp - old), adv, lo, hi) * group.mask
+    stats = {
+        "kl": mx.stop_gradient(kl.sum()),
+        "clipped": mx.stop_gradient(clipped.sum()),
+        "binding": mx.stop_gradient(binding.sum()),
+    }
+    norm = batch["budget"] if args["loss_type"] == "dr_grpo" else batch["tokens"]
+    return per_tok.sum() / norm, stats
+
+
+def gspo_objective(logp, old, group, batch, args):
+    """gspo: one importance ratio per completion, s = exp(mean over its tokens of logp - logp_rollout),
+    clipped at the sequence level; loss per completion -min(s A, clip(s) A) + beta * its mean token
+    KL, averaged over the batch's completions. GSPO's clip range is far narrower than PPO's (its
+    paper: 3e-4 / 4e-4): set clip_eps and epsilon_high accordingly."""
+    import mlx.core as mx
+
+    lo, hi = clip_range(args)
+    mask = group.mask
+    adv = mx.array(group.advantages, dtype=mx.float32)
+    lens = mask.sum(axis=1)
+    n = mx.maximum(lens, 1.0)
+    s = mx.exp(((logp - old) * mask).sum(axis=1) / n)
+    pg = -mx.minimum(s * adv, mx.clip(s, 1.0 - lo, 1.0 + hi) * adv)
+    d = group.ref_logp - logp
+    kl = mx.expm1(d) - d
+    if args["kl_ratio_correction"]:
+        kl = mx.stop_gradient(mx.exp(logp - old)) * kl
+    kl_seq = (kl * mask).sum(axis=1) / n
+    live = (lens > 0).astype(mx.float32)
+    loss = ((pg + args["beta"] * kl_seq) * live).sum() / batch["sequences"]
+    out = ((s < 1.0 - lo) | (s > 1.0 + hi)).astype(mx.float32)
+    bind = (((s > 1.0 + hi) & (adv > 0)) | ((s < 1.0 - lo) & (adv < 0))).astype(mx.float32)
+    stats = {
+        "kl": mx.stop_gradient((kl * mask).sum()),
+        "clipped": mx.stop_gradient((out * lens).sum()),  # in tokens, as for the token-level losses
+        "binding": mx.stop_gradient((bind * lens).sum()),
+    }
+    return loss, stats
+
+
+OBJECTIVES = {"grpo": grpo_objective, "dr_grpo": grpo_objective, "dapo": grpo_objective, "gspo": gspo_objective}
+
+
+# A group whose reward std is below this is a near-tie: reward.py sums many small shaped terms, so
+# completions of equal quality differ by a few hundredths, and std scaling turns that noise into
+# full-size advantages. Its share is logged every step (low_std_groups); min_group_std drops them.
+LOW_STD = 0.05
 
 
 def step_record(step, groups, stats, peak_memory_gb, learning_rate) -> dict:
@@ -499,6 +623,9 @@ def step_record(step, groups, stats, peak_memory_gb, learning_rate) -> dict:
         "zero_variance_groups": round(1 - sum(g.trains for g in groups) / len(groups), 3),
         "kl": round(stats["kl"] / max(n_tokens, 1), 6),
         "clip_ratio": round(stats["clipped"] / max(n_tokens, 1), 4),
+        "clip_binding": round(stats["binding"] / max(n_tokens, 1), 4),  # tokens the clip took the gradient from
+        "low_std_groups": round(float(np.mean([g.rewards.std() < LOW_STD for g in groups])), 3),
+        "grad_norm": round(stats["grad_norm"], 6),
         "loss": round(stats["loss"], 6),
         "completion_len_mean": round(float(np.mean(lengths)), 1),
         "completion_len_max": int(max(lengths)),
@@ -515,18 +642,35 @@ def step_record(step, groups, stats, peak_memory_gb, learning_rate) -> dict:
 # The run
 
 
-def load_prompts(cfg):
-    """(train queries for rollouts, held-out queries for evaluation) from the SFT data split."""
-    folder = Path(cfg["data"])
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    if (folder / "train.jsonl").exists():
-        train = data_mod.load_examples([folder / "train.jsonl"])
-        valid = data_mod.load_examples([folder / "valid.jsonl"]) if (folder / "valid.jsonl").exists() else []
-    elif files:
-        unique, _ = data_mod.dedupe(data_mod.load_examples(files))
-        train, valid = data_mod.split(unique, cfg["valid_fraction"], cfg["split_seed"])
-    else:
-        raise data_mod.DataError([f"{folder}: no *.jsonl files"])
+def sft_split(sft_adapter) -> dict:
+    """How the SFT run split its data: {data, valid_fraction, seed} from its adapter_config.json
+    (train.py records its whole config there). An adapter from elsewhere has none: the defaults."""
+    try:
+        recorded = json.loads((Path(sft_adapter) / "adapter_config.json").read_text()).get("train_config") or {}
+    except (OSError, json.JSONDecodeError):
+        recorded = {}
+    return {
+        "data": recorded.get("data"),
+        "valid_fraction": recorded.get("valid_fraction", 0.05),
+        "seed": recorded.get("seed", 0),
+        "recorded": "valid_fraction" in recorded and "seed" in recorded,
+    }
+
+
+def load_prompts(cfg, echo=print):
+    """(train queries for rollouts, held-out (query, category) pairs for evaluation): the SFT run's
+    own split (data.load_split with its folder, fraction and seed), so the held-out queries are
+    exactly SFT's validation queries and none of them was trained on."""
+    sft = sft_split(cfg["sft_adapter"])
+    folder = cfg["data"] or sft["data"] or "data"
+    if not sft["recorded"]:
+        echo(
+            f"warning: {cfg['sft_adapter']} does not record how its data was split; splitting {folder} with "
+            f"valid_fraction {sft['valid_fraction']}, seed {sft['seed']} - held-out queries may overlap its training data"
+        )
+    elif sft["data"] and Path(folder).resolve() != Path(sft["data"]).resolve():
+        echo(f"warning: --data {folder} is not the SFT run's data ({sft['data']}): split with its fraction and seed")
+    train, valid = data_mod.load_split(folder, sft["valid_fraction"], sft["seed"])
     return [e.query for e in train], [(e.query, e.category) for e in valid]
 
 
@@ -623,6 +767,8 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         )
     if cfg["model"] is None:
         cfg = {**cfg, "model": json.loads(sft_cfg_file.read_text()).get("base_model")}
+    if cfg["data"] is None:
+        cfg = {**cfg, "data": sft_split(cfg["sft_adapter"])["data"] or "data"}
     out = Path(cfg["adapter_path"])
     existing = runtime.open_run_folder(
         cfg,
@@ -635,7 +781,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         echo,
     )
 
-    train_q, heldout = load_prompts(cfg)
+    train_q, heldout = load_prompts(cfg, echo)
     if len(train_q) < cfg["batch_size"]:
         raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
     heldout = heldout[: cfg["eval_queries"]]
@@ -802,14 +948,40 @@ def _plot(out, metrics):
 @click.option("--model", help="Base model (default: the SFT adapter's base model).")
 @click.option("--sft-adapter", help="SFT adapter folder the GRPO LoRA is trained on top of.")
 @click.option("--adapter-path", help="Output folder (adapters, checkpoints, best/, metrics, plot).")
-@click.option("--data", help="Training data folder (same as for SFT; its validation split is the held-out set).")
+@click.option(
+    "--data", help="Training data folder (default: the SFT run's; split as SFT split it, its validation part held out)."
+)
 @click.option("--steps", type=int, help="GRPO steps (rollout batches).")
 @click.option("--batch-size", type=int, help="Prompts per step (B).")
 @click.option("--group-size", type=int, help="Completions per prompt (G).")
 @click.option("--updates-per-batch", type=int, help="Optimizer steps per rollout batch (>= 1).")
 @click.option("--learning-rate", type=float, help="Adam learning rate.")
 @click.option("--beta", type=float, help="KL coefficient against the SFT reference (0 disables; drifts).")
-@click.option("--clip-eps", type=float, help="PPO clip range for the probability ratio.")
+@click.option(
+    "--clip-eps",
+    type=float,
+    help="PPO clip range for the probability ratio (below 1; above too unless --epsilon-high).",
+)
+@click.option("--epsilon-high", type=float, help="Clip range above 1 (default: --clip-eps; 0.28 for dapo).")
+@click.option(
+    "--loss-type", type=click.Choice(["grpo", "dr_grpo", "dapo", "gspo"]), help="Objective (see the module docstring)."
+)
+@click.option(
+    "--scale-rewards",
+    type=click.Choice(["group", "batch", "none"]),
+    help="Divide advantages by the group's or the batch's reward std, or not (default group; none for dr_grpo).",
+)
+@click.option("--min-group-std", type=float, help="Skip groups whose reward std is below this (0: only exact ties).")
+@click.option(
+    "--mask-truncated-completions/--no-mask-truncated-completions",
+    default=None,
+    help="Give completions cut at --max-completion-tokens no gradient.",
+)
+@click.option(
+    "--kl-ratio-correction/--no-kl-ratio-correction",
+    default=None,
+    help="Weight the KL estimate by the detached policy ratio on reused rollouts.",
+)
 @click.option("--rank", type=int, help="GRPO LoRA rank.")
 @click.option("--alpha", type=float, help="GRPO LoRA alpha (scale = alpha / rank).")
 @click.option("--temperature", type=float, help="Rollout sampling temperature.")

@@ -115,20 +115,8 @@ TrainingDiverged = runtime.TrainingDiverged
 
 
 def load_sft_data(cfg):
-    """(train examples, valid examples) from cfg["data"]; DataError on any malformed line."""
-    folder = Path(cfg["data"])
-    if folder.is_file():
-        raise data_mod.DataError([f"{folder}: --data must be a folder of *.jsonl files, not a file"])
-    if (folder / "train.jsonl").exists():
-        train, _ = data_mod.dedupe(data_mod.load_examples([folder / "train.jsonl"]))
-        valid_file = folder / "valid.jsonl"
-        valid = data_mod.load_examples([valid_file]) if valid_file.exists() else []
-        return train, valid
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    if not files:
-        raise data_mod.DataError([f"{folder}: no *.jsonl files (see data/README or `python data.py --help`)"])
-    unique, _ = data_mod.dedupe(data_mod.load_examples(files))
-    return data_mod.split(unique, cfg["valid_fraction"], cfg["seed"])
+    """(train examples, valid examples) from cfg["data"] (data.load_split); DataError on any malformed line."""
+    return data_mod.load_split(cfg["data"], cfg["valid_fraction"], cfg["seed"])
 
 
 def tokenize(examples, tokenizer, max_seq_length):
