@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import prompt  # noqa: E402
 
 # ----------------------------------------------------------------------------
-# What QMD does at run time (NOTES.md): the Modelfile and `eval.py --gguf` reproduce it
+# What QMD does at run time (QMD 2.8.3's dist/llm.js, installed by `make qmd`): the Modelfile and `eval.py --gguf` reproduce it
 
 # QMD's constrained decoding: one or more `type: text` lines, each ended by a newline.
 QMD_GRAMMAR = r"""root ::= line+

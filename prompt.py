@@ -222,11 +222,6 @@ def parse_output(text: str) -> Parsed:
     return p
 
 
-def format_lines(lines) -> str:
-    """Inverse of the parser for valid lines: ``[(type, text)]`` -> ``type: text`` lines."""
-    return "\n".join(f"{kind}: {text}" for kind, text in lines)
-
-
 # ----------------------------------------------------------------------------
 # What QMD keeps at run time
 
