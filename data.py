@@ -24,7 +24,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompt import LINE_TYPES, messages
+from prompt import HYDE_CHARS, LINE_TYPES, OUTPUT_CONTRACT, messages
 
 DATA_DIR = Path(__file__).parent / "data"
 SPLIT_DIR = DATA_DIR / "splits"
@@ -334,13 +334,13 @@ def check_example(ex, min_score: float = 0.8) -> list:
         if len(text) > MAX_LINE_CHARS:
             probs.append(
                 f"{kind} line is {len(text):,} characters; the limit is {MAX_LINE_CHARS} (QMD generates at most 600 "
-                "tokens for all lines together; hyde is meant to be 50-200 characters)"
+                f"tokens for all lines together; hyde is meant to be {HYDE_CHARS[0]}-{HYDE_CHARS[1]} characters)"
             )
     kinds = [k for k, _ in ex.output]
-    for kind, lo, hi in (("lex", 1, 3), ("vec", 1, 3), ("hyde", 0, 1)):
-        n = kinds.count(kind)
-        if not lo <= n <= hi:
-            probs.append(f"{n} {kind} line(s); want {lo}-{hi}")
+    for t in OUTPUT_CONTRACT:
+        n = kinds.count(t.name)
+        if not t.min_lines <= n <= t.max_lines:
+            probs.append(f"{n} {t.name} line(s); want {t.min_lines}-{t.max_lines}")
     s = reward.score(ex.query, "\n".join(f"{k}: {t}" for k, t in ex.output))
     if s.hard_failure:
         probs.append(f"hard failure: {s.hard_failure}")
