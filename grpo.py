@@ -405,17 +405,20 @@ class Group:
         return self.advantages is not None and bool(np.any(self.advantages != 0))
 
 
-def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn, objective=None, callback=None, start=0):
+def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn=None, objective=None, callback=None, start=0):
     """GRPO from step `start` to args["steps"]; returns the last step completed.
 
     prompts: the training queries; args: the run's (checked) config; reward_fn(query, text,
-    truncated) -> (reward, format-valid); objective(logp, group, batch, args) -> (loss, stats) is the
-    loss of one group (default: grpo_objective); callback.on_step(step, groups, stats) logs,
-    evaluates and saves, callback.should_stop() ends the run between steps (Ctrl-C, drift guard).
+    truncated=) -> (reward, format-valid), default reward.py's (default_scorer);
+    objective(logp, old_logp, group, batch, args) -> (loss, stats) is the loss of one group, default
+    OBJECTIVES[args["loss_type"]]; callback.on_step(step, groups, stats) logs, evaluates and saves,
+    callback.should_stop() ends the run between steps (Ctrl-C, drift guard). The tokenizer renders
+    prompts and decodes completions for the reward.
     """
     import mlx.core as mx
     import mlx.nn as nn
 
+    reward_fn = reward_fn or default_scorer
     objective = objective or OBJECTIVES[args["loss_type"]]
     callback = callback or Callback()
 
