@@ -48,7 +48,7 @@ import click  # noqa: E402
 
 import qmd_harness  # noqa: E402
 import retrieval  # noqa: E402
-from data import DataError  # noqa: E402
+from data import DataError, jsonl_records  # noqa: E402
 
 METRIC_NAMES = tuple(retrieval.METRICS)
 HEADLINE = "ndcg@10"
@@ -69,23 +69,11 @@ def read_retrieval_queries(path, corpus_paths) -> list:
     """[{"query", "relevant": {path: grade}, "category"}] from a JSONL queries file; every problem is
     reported as file:line (bad JSON, missing fields, unknown paths, duplicates)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError([f"{path}: file not found"], "in the queries file") from None
-    except UnicodeDecodeError as exc:
-        raise DataError([f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})"], "in the queries file") from None
-    known, out, problems, seen = set(corpus_paths), [], [], {}
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        raw = raw.strip().lstrip("\ufeff")
-        if not raw:
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON ({exc.msg})")
-            continue
+    records, problems = jsonl_records(path)
+    if problems and problems[0].startswith(f"{path}: "):  # "file: ..." not "file:line: ...": missing or not UTF-8
+        raise DataError(problems, "in the queries file")
+    known, out, seen = set(corpus_paths), [], {}
+    for where, rec in records:
         if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or not rec["query"].strip():
             problems.append(f'{where}: needs "query" (a non-empty string)')
             continue
@@ -113,9 +101,9 @@ def read_retrieval_queries(path, corpus_paths) -> list:
             continue
         query = rec["query"].strip()
         if query in seen:
-            problems.append(f"{where}: duplicate query (first on line {seen[query]})")
+            problems.append(f"{where}: duplicate query (first at {seen[query]})")
             continue
-        seen[query] = lineno
+        seen[query] = where
         out.append({"query": query, "relevant": rel, "category": category or "uncategorised"})
     if not out and not problems:
         problems.append(f"{path}: no queries")

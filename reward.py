@@ -25,6 +25,7 @@ The rubric (the seeds' SCORING.md), in points:
                         further case of a kind already found
 
     max = 120, or 140 with a hyde line; score = clamp(total / max, 0, 1)
+    (line counts and the hyde length come from prompt.OUTPUT_CONTRACT and HYDE_CHARS)
     Excellent >= 0.80, Good >= 0.60, Acceptable >= 0.40, Poor >= 0.20, else Failed
 
 Hard failures score 0: empty output, a leaked chat-template token (<|im_end|>, ...), any non-blank
@@ -102,7 +103,12 @@ from typing import NamedTuple
 
 import click
 
-from prompt import LINE_TYPES, parse_output, qmd_query_terms
+from prompt import CONTRACT, HYDE_CHARS, LINE_TYPES, parse_output, qmd_query_terms
+
+# The counts and lengths the rubric checks come from the output contract (prompt.OUTPUT_CONTRACT),
+# the same table the teacher's instructions and QMD's grammar are built from.
+MAX_LINES = {t: c.max_lines for t, c in CONTRACT.items()}  # lex 3, vec 3, hyde 1
+HYDE_MIN, HYDE_MAX = HYDE_CHARS  # 50, 200 characters
 
 # ----------------------------------------------------------------------------
 # Word lists
@@ -1040,9 +1046,9 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         wellformed -= 5
         ded.append(("format", 5, f"empty {kind}: line"))
     for kind, n in (("lex", n_lex), ("vec", n_vec)):
-        if n > 3:
+        if n > MAX_LINES[kind]:
             wellformed -= 5
-            ded.append(("format", 5, f"{n} {kind} lines (at most 3)"))
+            ded.append(("format", 5, f"{n} {kind} lines (at most {MAX_LINES[kind]})"))
     fmt += max(0, wellformed)
 
     # -- diversity (0..30)
@@ -1103,17 +1109,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             hyd += 5
         else:
             ded.append(("hyde", 5, "hyde does not mention the query's key terms"))
-        if 50 <= n <= 200:
+        if HYDE_MIN <= n <= HYDE_MAX:
             hyd += 5
-        elif n < 50:
+        elif n < HYDE_MIN:
             hyd += 2
-            ded.append(("hyde", 3, f"hyde too short ({n} chars, want 50-200)"))
+            ded.append(("hyde", 3, f"hyde too short ({n} chars, want {HYDE_MIN}-{HYDE_MAX})"))
         else:
-            ded.append(("hyde", 5, f"hyde too long ({n} chars, want 50-200)"))
-        if len(H) == 1:
+            ded.append(("hyde", 5, f"hyde too long ({n} chars, want {HYDE_MIN}-{HYDE_MAX})"))
+        if len(H) <= MAX_LINES["hyde"]:
             hyd += 5
         else:
-            ded.append(("hyde", 5, f"{len(H)} hyde lines (at most 1)"))
+            ded.append(("hyde", 5, f"{len(H)} hyde lines (at most {MAX_LINES['hyde']})"))
         # words (punctuation stripped, stopwords aside) used 3+ times
         repeated = sum(1 for w, c in counts.items() if c >= 3 and w and w not in HYDE_STOPWORDS) if top >= 3 else 0
         hyd += max(0, 5 - 2 * repeated)
@@ -1441,31 +1447,27 @@ def score_cmd(path, min_score, quiet):
     {"query": ..., "text": "..."} (generated outputs). A record with "truncated": true (generation hit
     max_tokens without the end token) scores as a failure. The summary counts each breakage kind.
     """
-    scores, bad_lines, issues = [], 0, Counter()
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM at the start is not part of the JSON
-        for lineno, raw in enumerate(f, 1):
-            raw = raw.lstrip("\ufeff")
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                click.echo(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-                bad_lines += 1
-                continue
-            query = rec.get("query") if isinstance(rec, dict) else None
-            text = _record_text(rec) if isinstance(rec, dict) else None
-            if not isinstance(query, str) or text is None:
-                click.echo(f'{path}:{lineno}: needs "query" and "output" (pairs) or "text"')
-                bad_lines += 1
-                continue
-            s = score(query, text, truncated=record_truncated(rec))
-            scores.append(s.reward)
-            issues.update(s.issues)
-            if not quiet or s.deductions or s.hard_failure:
-                click.echo(f"{path}:{lineno}: {s.reward:.2f} {s.rating:10} {query}")
-                if s.deductions or s.hard_failure:
-                    click.echo(explain(s))
+    from data import jsonl_records  # the project's one JSONL reader (data.py imports nothing of ours but prompt)
+
+    scores, issues = [], Counter()
+    records, problems = jsonl_records(path)
+    for problem in problems:
+        click.echo(problem)
+    bad_lines = len(problems)
+    for where, rec in records:
+        query = rec.get("query") if isinstance(rec, dict) else None
+        text = _record_text(rec) if isinstance(rec, dict) else None
+        if not isinstance(query, str) or text is None:
+            click.echo(f'{where}: needs "query" and "output" (pairs) or "text"')
+            bad_lines += 1
+            continue
+        s = score(query, text, truncated=record_truncated(rec))
+        scores.append(s.reward)
+        issues.update(s.issues)
+        if not quiet or s.deductions or s.hard_failure:
+            click.echo(f"{where}: {s.reward:.2f} {s.rating:10} {query}")
+            if s.deductions or s.hard_failure:
+                click.echo(explain(s))
     if scores:
         below = sum(1 for x in scores if x < 0.8)
         click.echo(
