@@ -114,6 +114,14 @@ GRPO_DEFAULTS = {
     "save_every": 25,
     "keep_checkpoints": 2,
     "seed": 0,
+    # reward: rubric (reward.py) or retrieval (retrieval_reward.py: does QMD find the query's source page
+    # in `corpus`; rollout queries are then built from the corpus, split by document)
+    "reward": "rubric",
+    "corpus": None,  # markdown folder for reward: retrieval
+    "corpus_heldout": 0.2,  # share of the corpus's documents held out (their queries never trained on)
+    "rubric_weight": 0.3,  # reward = (1 - w) * retrieval metric + w * reward.py, 0 when reward.py gates
+    "retrieval_metric": "ndcg@10",
+    "retrieval_vectors": True,  # e5 vectors in the reward's search (false: BM25 + lex lines only)
 }
 
 
@@ -156,6 +164,12 @@ GRPO_SCHEMA = {
     "save_every": K(int, 1),
     "keep_checkpoints": K(int, 1),
     "seed": K(int, 0),
+    "reward": K(str, choices=("rubric", "retrieval")),
+    "corpus": K(str, null=True),
+    "corpus_heldout": K(float, 0, 1, hi_open=True),
+    "rubric_weight": K(float, 0, 1),
+    "retrieval_metric": K(str, choices=("ndcg@10", "mrr@10", "recall@10")),
+    "retrieval_vectors": K(bool),
 }
 assert GRPO_SCHEMA.keys() == GRPO_DEFAULTS.keys()
 # Keys a --resume may change from the command line (the rest come from the run's config.yaml).
@@ -181,6 +195,8 @@ RESUME_KEYS = [
     "num_layers",
     "lora_keys",
     "seed",
+    "reward",
+    "corpus",
 ]
 
 
@@ -489,6 +505,8 @@ def score(groups, reward_fn) -> None:
     """Every completion's reward and format validity; a completion cut at the cap is scored as truncated."""
     import numpy as np
 
+    if hasattr(reward_fn, "prepare"):  # a reward that batches its work (retrieval_reward: the step's embeddings)
+        reward_fn.prepare([(g.query, t) for g in groups for t in g.texts])
     for g in groups:
         scored = [reward_fn(g.query, t, truncated=not f) for t, f in zip(g.texts, g.finished)]
         g.rewards = np.array([r for r, _ in scored], dtype=np.float64)
@@ -720,12 +738,16 @@ RUN_OUTPUTS = [
     "config.yaml",
     "metrics.jsonl",
     "grpo.png",
+    "corpus-train.jsonl",
+    "corpus-heldout.jsonl",
 ]
 
 
 def run_inputs(cfg) -> dict:
     """The folders and files a GRPO run reads: its output folder must be none of them (nor hold one)."""
     inputs = {"SFT adapter": cfg["sft_adapter"], "data folder": cfg["data"], "base model": cfg["model"]}
+    if cfg.get("reward") == "retrieval":
+        inputs["corpus"] = cfg["corpus"]
     if (Path(cfg["sft_adapter"]) / "adapter_config.json").exists():
         try:
             for i, parent in enumerate(runtime.adapter_chain(cfg["sft_adapter"])[:-1]):
@@ -788,6 +810,14 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     if len(train_q) < cfg["batch_size"]:
         raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
     heldout = heldout[: cfg["eval_queries"]]
+    corpus_split = None
+    if cfg["reward"] == "retrieval":  # rollouts on the corpus's own queries, rewarded by retrieval
+        import retrieval_reward
+
+        corpus_split = retrieval_reward.setup(cfg, echo)
+        train_q, scorer = [q.query for q in corpus_split["train"]], corpus_split["scorer"]
+        if len(train_q) < cfg["batch_size"]:
+            raise data_mod.DataError([f"{cfg['corpus']}: only {len(train_q)} training queries"])
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
     echo(f"loading {cfg['model']} + {cfg['sft_adapter']} ...")
     model, tokenizer, num_layers, params = build_policy(cfg)
@@ -809,6 +839,8 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
     runtime.save_config(out, cfg)
+    if corpus_split is not None:
+        retrieval_reward.write_split(out, corpus_split)
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
     metrics.log({"event": "start", "from_step": start, **runtime.environment()})
@@ -996,6 +1028,13 @@ def _plot(out, metrics):
 @click.option("--drift-min-format", type=float, help="Stop when the recent format-valid rate falls below this.")
 @click.option("--save-every", type=int, help="Steps between checkpoints.")
 @click.option("--seed", type=int, help="Seed for prompt order and sampling.")
+@click.option(
+    "--reward",
+    type=click.Choice(["rubric", "retrieval"]),
+    help="rubric: reward.py; retrieval: QMD finds the query's source page in --corpus (retrieval_reward.py).",
+)
+@click.option("--corpus", help="With --reward retrieval: markdown folder whose own queries GRPO trains on.")
+@click.option("--rubric-weight", type=float, help="With --reward retrieval: reward.py's share of the reward.")
 @click.option("--resume", is_flag=True, help="Continue the run in --adapter-path from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --adapter-path that already holds a run.")
 @click.option("--eval-only", is_flag=True, help="Only evaluate --adapter on --queries with eval.py's code.")
