@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 # (script, model or None, arguments): model-specific sizes keep the whole set under 20 minutes
 PLAN = [
     ("bench_reward.py", None, []),
+    ("bench_retrieval_reward.py", None, []),
     ("bench_blas.py", None, ["--model", "demo", "--repeats", "1"]),
     ("bench_rollout.py", "tiny", []),
     ("bench_rollout.py", "demo", ["--max-tokens", "32", "--repeats", "2"]),
