@@ -57,6 +57,22 @@ def test_queries_are_deterministic_tied_to_their_page_and_split_by_document(tmp_
     assert [q.query for q in other["train"]] != [q.query for q in a["train"]]
 
 
+def test_engine_filter_drops_strong_signal_queries_and_prefers_hard_ones(tmp_path):
+    corpus = write_corpus(tmp_path / "notes")
+    engine = retrieval.Engine(corpus, vectors=False)
+    plain = cq.build_queries(corpus, per_doc=100, heldout=0.34)
+    all_q = plain["train"] + plain["heldout"]
+    assert any(engine.strong_signal(q.query) for q in all_q)  # the filter has something to drop
+    built = cq.build_queries(corpus, per_doc=2, heldout=0.34, engine=engine)
+    kept = built["train"] + built["heldout"]
+    assert kept and not any(engine.strong_signal(q.query) for q in kept)
+    for q in kept:
+        assert q.none_ndcg == engine.score(q.query, None, {q.doc: 1})
+        if q.none_ndcg >= 1.0:  # an easy query is kept only when its page has no second hard one
+            hard = [c for c in all_q if c.doc == q.doc and not engine.strong_signal(c.query)]
+            assert sum(engine.score(c.query, None, {c.doc: 1}) < 1.0 for c in hard) <= 1
+
+
 def test_split_documents_holds_out_whole_documents():
     paths = [f"d{i}.md" for i in range(10)]
     train, held = cq.split_documents(paths, 0.2, seed=3)
