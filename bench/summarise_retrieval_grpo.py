@@ -30,8 +30,13 @@ def load(folder, s, a):
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def source(rep) -> str:
+    """The report's model source: `tuned` (eval_retrieval --adapter) or `file:exp-NAME` (eval_retrieval_grpo.py)."""
+    return next(s for s in rep["sources"] if s != "none")
+
+
 def rubric(rep) -> dict:
-    rows = rep["sources"]["tuned"]["expansions"]
+    rows = rep["sources"][source(rep)]["expansions"]
     scores = [reward.score(r["query"], r["text"] or "", truncated=r["truncated"]) for r in rows]
     return {
         "format_valid": sum(s.format_valid for s in scores) / len(scores),
@@ -44,6 +49,10 @@ def rubric(rep) -> dict:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def main(folder):
     """Print the table (markdown)."""
+    mine, runs = Path(folder) / "pip-heldout.jsonl", Path("adapters/demo-grpo-retrieval/corpus-heldout.jsonl")
+    if mine.exists() and runs.exists():
+        same = mine.read_text() == runs.read_text()
+        print(f"pip held-out queries {'are' if same else 'are NOT'} the GRPO run's own corpus-heldout.jsonl\n")
     print("| set | adapter | nDCG@10 | vs SFT [95% CI] | W/T/L | `none` | format-valid | reward.py avg | truncated |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for s, set_name in SETS:
@@ -54,11 +63,12 @@ def main(folder):
                 print(f"| {set_name} | {name} | not run | | | | | | |")
                 continue
             run = rep["engines"]["hybrid"]["runs"]
-            tuned = [r["ndcg@10"] for r in run["tuned"]["per_query"]]
+            tuned = [r["ndcg@10"] for r in run[source(rep)]["per_query"]]
             cell, wtl = "-", "-"
             if base is not None and a != "demo":
-                ref = {r["query"]: r["ndcg@10"] for r in base["engines"]["hybrid"]["runs"]["tuned"]["per_query"]}
-                qs = [r["query"] for r in run["tuned"]["per_query"]]
+                b_run = base["engines"]["hybrid"]["runs"][source(base)]
+                ref = {r["query"]: r["ndcg@10"] for r in b_run["per_query"]}
+                qs = [r["query"] for r in run[source(rep)]["per_query"]]
                 assert set(qs) == set(ref), f"{s}: {a} and SFT were run on different queries"
                 xa = [ref[q] for q in qs]
                 ci = retrieval.paired_bootstrap(xa, tuned, 2000, 0)
