@@ -4,6 +4,8 @@
     python grpo.py --config configs/grpo.yaml --beta 0.04 --group-size 4
     python grpo.py --resume                          # continue adapters/grpo from its latest checkpoint
     python grpo.py --eval-only [--adapter A]         # evaluate an adapter on evals/queries.txt (eval.py's code)
+    python grpo.py --reward retrieval --corpus ~/notes  # rewarded by QMD finding each query's source page
+                                                     # (retrieval_reward.py; queries from the corpus, corpus_queries.py)
 
 The shape (mlx-lm's trainer and nanochat's chat_rl.py are the models): train_grpo(model, optimizer,
 prompts, args, reward_fn=, objective=, callback=) runs rollout -> score -> advantages -> update ->
