@@ -56,6 +56,16 @@ from data import EVAL_QUERIES, DataError, jsonl_records, read_queries  # noqa: E
 # Generation
 
 
+def generation_stats(t0: float, gen_tokens: int, **extra) -> dict:
+    """What every generation path reports: wall seconds since t0 (perf_counter), tokens, tokens/s."""
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "generated_tokens": gen_tokens,
+        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+    } | extra
+
+
 def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presence_penalty: float = 0.0):
     """(sampler, logits_processors) for mlx-lm. QMD samples with temp 0.7, top-p 0.8, top-k 20 and a
     presence penalty of 0.5 over the last 64 tokens."""
@@ -85,13 +95,7 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, pro
             gen_tokens += len(sample.tokens)
         if progress is not None:
             progress(len(texts))
-    seconds = time.perf_counter() - t0
-    return texts, {
-        "seconds": seconds,
-        "generated_tokens": gen_tokens,
-        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
-        "truncated": truncated,
-    }
+    return texts, generation_stats(t0, gen_tokens, truncated=truncated)
 
 
 def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
@@ -118,13 +122,7 @@ def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
         texts.append(text)
         truncated.append(finish == "length")
         gen_tokens += len(tokenizer.encode(text))
-    seconds = time.perf_counter() - t0
-    return texts, {
-        "seconds": seconds,
-        "generated_tokens": gen_tokens,
-        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
-        "truncated": truncated,
-    }
+    return texts, generation_stats(t0, gen_tokens, truncated=truncated)
 
 
 # ----------------------------------------------------------------------------
@@ -196,13 +194,7 @@ def generate_gguf(
         gen_tokens += out["usage"]["completion_tokens"]
         if progress is not None:
             progress(len(texts))
-    seconds = time.perf_counter() - t0
-    return texts, {
-        "seconds": seconds,
-        "generated_tokens": gen_tokens,
-        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
-        "truncated": truncated,
-    }
+    return texts, generation_stats(t0, gen_tokens, truncated=truncated)
 
 
 def generate_qmd(path, queries, threads=None, progress=None):
@@ -212,9 +204,7 @@ def generate_qmd(path, queries, threads=None, progress=None):
 
     t0 = time.perf_counter()
     records = qmd_harness.expand(path, queries, threads=threads, on_result=progress)
-    seconds = time.perf_counter() - t0
-    gen_tokens = sum(r["completion_tokens"] for r in records)
-    stats = {"seconds": seconds, "generated_tokens": gen_tokens, "tokens_per_sec": gen_tokens / max(seconds, 1e-9)}
+    stats = generation_stats(t0, sum(r["completion_tokens"] for r in records))
     return [r["text"] or "" for r in records], records, stats
 
 
