@@ -66,14 +66,19 @@ def generation_stats(t0: float, gen_tokens: int, **extra) -> dict:
     } | extra
 
 
-def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presence_penalty: float = 0.0):
-    """(sampler, logits_processors) for mlx-lm. QMD samples with temp 0.7, top-p 0.8, top-k 20 and a
-    presence penalty of 0.5 over the last 64 tokens."""
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+def make_sampling(tokenizer, prompt_len: int, temp=0.0, top_p=1.0, top_k=0, presence_penalty=0.0):
+    """(sampler, logits_processors) for mlx-lm, sampling as QMD does: temp 0.7, top-p 0.8, top-k 20 and
+    a presence penalty of 0.5 over the last 64 generated tokens, the newline aside (decode.py)."""
+    from mlx_lm.sample_utils import make_sampler
+
+    import decode
+    from prompt import QMD_PENALTY_WINDOW, newline_id
 
     sampler = make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0, top_k=top_k)
-    processors = make_logits_processors(presence_penalty=presence_penalty or None, presence_context_size=64)
-    return sampler, processors
+    if not presence_penalty:
+        return sampler, []
+    exempt = [newline_id(tokenizer)]
+    return sampler, [decode.presence_processor(prompt_len, presence_penalty, QMD_PENALTY_WINDOW, exempt)]
 
 
 def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling):
@@ -81,14 +86,15 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, pro
     decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats); stats["truncated"] flags
     each text that reached max_tokens without the end token. `progress(done)` is called after every batch."""
     import decode
-    from prompt import prompt_ids
+    from prompt import QMD_PENALTY_WINDOW, newline_id, prompt_ids
 
     opts = {"temp": 0.0, "top_p": 1.0, "top_k": 0, "presence_penalty": 0.0, **sampling}
+    penalty = {"presence_window": QMD_PENALTY_WINDOW, "penalty_exempt": [newline_id(tokenizer)]}
     eos = set(tokenizer.eos_token_ids)
     texts, truncated, gen_tokens, t0 = [], [], 0, time.perf_counter()
     for i in range(0, len(queries), batch_size):
         chunk = [prompt_ids(tokenizer, q) for q in queries[i : i + batch_size]]
-        groups = decode.generate(model, chunk, max_tokens=max_tokens, stop_ids=eos, presence_window=64, **opts)
+        groups = decode.generate(model, chunk, max_tokens=max_tokens, stop_ids=eos, **penalty, **opts)
         for (sample,) in groups:
             texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
             truncated.append(not sample.finished)
@@ -104,15 +110,16 @@ def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
 
     from prompt import prompt_ids
 
-    sampler, processors = make_sampling(**sampling)
     texts, truncated, t0 = [], [], time.perf_counter()
     gen_tokens = 0
     for q in queries:
         text, finish = "", None
+        ids = prompt_ids(tokenizer, q)
+        sampler, processors = make_sampling(tokenizer, len(ids), **sampling)
         for response in stream_generate(  # what mlx_lm.generate does, keeping the finish reason
             model,
             tokenizer,
-            prompt_ids(tokenizer, q),
+            ids,
             max_tokens=max_tokens,
             sampler=sampler,
             logits_processors=processors,

@@ -115,7 +115,14 @@ def qmd_grammar(types=LINE_TYPES) -> str:
 QMD_GRAMMAR = qmd_grammar()
 # QMD 2.8.3's sampling and limits for expansion (dist/llm.js): the Modelfile and `eval.py --gguf` use them.
 QMD_SAMPLING = {"temp": 0.7, "top_k": 20, "top_p": 0.8, "presence_penalty": 0.5}
-QMD_PENALTY_WINDOW = 64  # the presence penalty looks at the last 64 tokens
+QMD_PENALTY_WINDOW = 64  # the presence penalty looks at the last 64 generated tokens, the newline aside
+
+
+def newline_id(tokenizer) -> int:
+    """The token node-llama-cpp never penalises (llama.cpp's linefeed token: the first id of "\n")."""
+    return tokenizer.encode("\n", add_special_tokens=False)[0]
+
+
 QMD_MAX_TOKENS = 600
 QMD_CONTEXT = 2048
 _TYPE_RANK = {t: i for i, t in enumerate(LINE_TYPES)}
