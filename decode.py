@@ -128,15 +128,16 @@ def generate(
 
 
 def presence_processor(prompt_len: int, penalty: float, window: int = 64, exempt=()):
-    """generate()'s presence penalty as an mlx-lm logits processor for one sequence (the reference
-    the batched decoder is tested against, and eval.py's one-at-a-time path): `penalty` off every
-    token among the last `window` generated ones - not the prompt's - but the `exempt` ids."""
+    """generate()'s presence penalty as a logits processor for one sequence (eval.py's mlx-lm and
+    llama.cpp paths): `penalty` off every token among the last `window` generated ones - not the
+    prompt's - but the `exempt` ids."""
     exempt = {int(t) for t in exempt}
 
-    def process(tokens, logits):  # tokens: (prompt_len + generated,) ids; logits: (1, V)
+    def process(tokens, logits):  # tokens: (prompt_len + generated,) ids; logits: (1, V) or (V,)
+        # mlx arrays (mlx-lm) and numpy arrays (llama-cpp-python's logits_processor) alike
         ids = sorted(set(tokens[prompt_len:][-window:].tolist()) - exempt)
         if ids:
-            logits[:, ids] = logits[:, ids] - penalty
+            logits[..., ids] = logits[..., ids] - penalty
         return logits
 
     return process

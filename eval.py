@@ -176,23 +176,30 @@ def generate_gguf(
     """Expansions for `queries` from llama.cpp, one query at a time as QMD asks. Returns (texts, stats).
 
     min_p is 0 and the repeat penalty 1 (llama-cpp-python's defaults differ) so that only QMD's
-    settings shape the distribution; the presence penalty covers the last 64 tokens (Llama's default
-    last_n_tokens_size, the same window QMD uses)."""
-    from llama_cpp import LlamaGrammar
+    settings shape the distribution. The presence penalty is node-llama-cpp's (decode.py): the last 64
+    generated tokens, the newline exempt - llama-cpp-python's own would also count the prompt's tail
+    and the newline. It runs as a logits processor, before the sampler chain, where llama.cpp's
+    penalties stand."""
+    from llama_cpp import LlamaGrammar, LogitsProcessorList
 
     import convert
+    import decode
+    from prompt import QMD_PENALTY_WINDOW
 
     texts, truncated, gen_tokens, t0 = [], [], 0, time.perf_counter()
     for i, query in enumerate(queries):
+        ids = convert.gguf_prompt_ids(llm, query)
+        penalty = decode.presence_processor(len(ids), presence_penalty, QMD_PENALTY_WINDOW, [llm.token_nl()])
         out = llm.create_completion(
-            prompt=convert.gguf_prompt_ids(llm, query),
+            prompt=ids,
             max_tokens=max_tokens,
             temperature=temp,
             top_p=top_p,
             top_k=top_k,
             min_p=0.0,
             repeat_penalty=1.0,
-            presence_penalty=presence_penalty,
+            presence_penalty=0.0,
+            logits_processor=LogitsProcessorList([penalty]) if presence_penalty else None,
             grammar=LlamaGrammar.from_string(convert.QMD_GRAMMAR, verbose=False) if grammar else None,
             seed=seed + i,
         )

@@ -751,6 +751,24 @@ def test_eval_gguf_greedy_without_grammar_matches_mlx_text(exported, fused_mlx):
     assert texts == mlx_texts and stats["generated_tokens"] > 0
 
 
+def test_eval_gguf_presence_penalty_is_the_batched_decoders(exported, fused_mlx):
+    # node-llama-cpp's rule (generated tokens only, the newline exempt) on both paths: greedy texts agree
+    # (50: the random model's margins are wide, so a smaller penalty changes nothing)
+    import eval as ev
+
+    out, _ = exported
+    model, tok, _ = fused_mlx
+    llm = ev.load_gguf(out / "qmd-query-expansion-f16.gguf")
+    assert llm.token_nl() == prompt.newline_id(tok)
+    qs = QUERIES[:3]
+    greedy = {"temp": 0.0, "top_k": 0, "top_p": 1.0}
+    texts, _ = ev.generate_gguf(llm, qs, max_tokens=12, presence_penalty=50.0, grammar=False, **greedy)
+    mlx_texts, _ = ev.generate_batch(model, tok, qs, max_tokens=12, batch_size=3, presence_penalty=50.0, **greedy)
+    plain, _ = ev.generate_gguf(llm, qs, max_tokens=12, presence_penalty=0.0, grammar=False, **greedy)
+    # a lone byte of a split UTF-8 character: the HF tokenizer writes U+FFFD, llama.cpp drops it
+    assert texts == [t.replace("\ufffd", "") for t in mlx_texts] and texts != plain
+
+
 def test_eval_gguf_rejects_mlx_only_flags(exported):
     import eval as ev
 
