@@ -25,8 +25,6 @@ from pathlib import Path
 import click
 import common
 
-QMD_SAMPLING = {"temp": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 0.5}
-
 
 @click.command()
 @click.option(
@@ -42,6 +40,7 @@ def main(adapter, max_tokens, batch_size, seed, quick):
     import convert
     import eval as ev
     from data import read_queries
+    from prompt import QMD_SAMPLING  # temp 0.7, top-p 0.8, top-k 20, presence penalty 0.5
 
     if not (Path(adapter) / "adapters.safetensors").exists():
         common.record(
