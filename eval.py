@@ -23,8 +23,8 @@ across the outputs ("repeated words 7, off-topic vec 3, truncated 2"); `--compar
 
 `--gguf FILE` evaluates an exported GGUF (convert.py) through llama.cpp (llama-cpp-python) the way
 QMD runs it: the prompt rendered by the GGUF's own chat template, QMD's GBNF grammar (only
-`lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 0.5
-over 64 tokens, up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
+`lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, no presence penalty -
+see prompt.QMD_SAMPLING; up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
 report as the MLX path. `--temp 0 --no-grammar` reproduces MLX's greedy decoding for comparisons.
 
 `--qmd FILE` goes one step further and runs the GGUF inside the real QMD (`make qmd`, qmd_harness):
@@ -67,8 +67,8 @@ def generation_stats(t0: float, gen_tokens: int, **extra) -> dict:
 
 
 def make_sampling(tokenizer, prompt_len: int, temp=0.0, top_p=1.0, top_k=0, presence_penalty=0.0):
-    """(sampler, logits_processors) for mlx-lm, sampling as QMD does: temp 0.7, top-p 0.8, top-k 20 and
-    a presence penalty of 0.5 over the last 64 generated tokens, the newline aside (decode.py)."""
+    """(sampler, logits_processors) for mlx-lm. QMD samples with temp 0.7, top-p 0.8, top-k 20; a presence
+    penalty counts the last 64 generated tokens, the newline aside, as node-llama-cpp's (decode.py)."""
     from mlx_lm.sample_utils import make_sampler
 
     import decode
@@ -168,7 +168,7 @@ def generate_gguf(
     temp=0.7,
     top_p=0.8,
     top_k=20,
-    presence_penalty=0.5,
+    presence_penalty=0.0,
     grammar=True,
     seed=0,
     progress=None,
@@ -456,7 +456,10 @@ def _fail(msg: str) -> None:
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (1 = off). QMD uses 0.8.")
 @click.option("--top-k", default=0, show_default=True, help="Top-k sampling (0 = off). QMD uses 20.")
 @click.option(
-    "--presence-penalty", default=0.0, show_default=True, help="Penalty on tokens seen in the last 64. QMD uses 0.5."
+    "--presence-penalty",
+    default=0.0,
+    show_default=True,
+    help="Penalty on tokens generated in the last 64. QMD asks for 0.5, which node-llama-cpp never applies.",
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed for sampling.")
 @click.option("--sequential", is_flag=True, help="Generate one query at a time with mlx_lm.generate (for benchmarks).")
@@ -482,7 +485,7 @@ def _fail(msg: str) -> None:
     "gguf_path",
     type=click.Path(exists=True, dir_okay=False),
     help="Evaluate this GGUF (from convert.py) through llama.cpp as QMD runs it: its embedded chat template, "
-    "QMD's grammar and, unless given, QMD's sampling (--temp 0.7 --top-p 0.8 --top-k 20 --presence-penalty 0.5) "
+    "QMD's grammar and, unless given, QMD's sampling (--temp 0.7 --top-p 0.8 --top-k 20, no presence penalty) "
     "and --max-tokens 600. Replaces --model/--adapter.",
 )
 @click.option(

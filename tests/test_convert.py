@@ -391,7 +391,7 @@ def test_modelfile_template_stops_and_qmd_sampling(exported, fused_mlx):
         "PARAMETER temperature 0.7",
         "PARAMETER top_k 20",
         "PARAMETER top_p 0.8",
-        "PARAMETER presence_penalty 0.5",
+        "PARAMETER presence_penalty 0.0",
         "PARAMETER repeat_last_n 64",
         "PARAMETER num_predict 600",
         "PARAMETER num_ctx 2048",
@@ -730,7 +730,7 @@ def test_eval_gguf_uses_qmd_grammar_and_sampling(exported, tmp_path):
     data = json.loads(scores.read_text())
     cfg = data["config"]
     assert cfg["grammar"] is True and cfg["max_tokens"] == 12
-    assert (cfg["temp"], cfg["top_k"], cfg["top_p"], cfg["presence_penalty"]) == (0.7, 20, 0.8, 0.5)
+    assert (cfg["temp"], cfg["top_k"], cfg["top_p"], cfg["presence_penalty"]) == (0.7, 20, 0.8, 0.0)
     for r in data["results"]:  # a random model, yet every line has QMD's shape: the grammar held it
         assert r["text"].split(":")[0] in ("lex", "vec", "hyde"), r["text"]
         assert all(line[: line.find(":")] in ("lex", "vec", "hyde") for line in r["text"].splitlines()[:-1])
