@@ -30,7 +30,8 @@ category, pooled over the report's sources, with a 95% interval from resampling 
 brings all its sources' points, which are not independent). Twice: with reward.py as it is and with
 the rubric before issue 21's breakage rules (reward.py at OLD_RUBRIC_COMMIT, loaded from git into a
 temp module; the old scorer has no truncation flag). Queries QMD answered from BM25 alone (strong
-signal: the expansion is never searched, the lift is 0 whatever it says) are counted apart as well.
+signal: the expansion is never searched, the lift is 0 whatever it says) are counted apart as well,
+and so are the points whose ranking the expansion changed at all (most lifts are exact ties at 0).
 --qmd-reward is optional with --retrieval.
 """
 
@@ -187,6 +188,7 @@ def correlate(points: list, rubrics, n_boot: int = 1000) -> dict:
     return {
         "overall": rhos(points),
         "searched": rhos([p for p in points if not p["strong_signal"]]),
+        "changed": rhos([p for p in points if p["lift"] != 0]),
         "per_category": {c: rhos(ps) for c, ps in sorted(cats.items())},
         "per_source": {
             s: rhos([p for p in points if p["source"] == s]) for s in dict.fromkeys(p["source"] for p in points)
@@ -207,6 +209,7 @@ def show_retrieval(name: str, res: dict, rubrics) -> None:
     print("| queries | points (source x query) | lift != 0 | " + " | ".join(f"rho, {r}" for r in rubrics) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in rubrics) + " |")
     rows = [("all", res["overall"]), ("expansion searched (no strong signal)", res["searched"])]
+    rows += [("only where the ranking changed (lift != 0)", res["changed"])]
     rows += [(f"category {c}", v) for c, v in res["per_category"].items()]
     rows += [(f"source {s}", v) for s, v in res["per_source"].items()]
     for label, v in rows:

@@ -96,6 +96,7 @@ def test_retrieval_points_and_correlation(tmp_path):
     res = ba.correlate(pts, rubrics)
     assert res["overall"]["now"]["rho"] > 0.5  # the good expansion scores higher and lifts more
     assert set(res["per_category"]) == {"natural", "keywords"} and res["overall"]["changed"] == 4
+    assert res["changed"]["n"] == 4
 
 
 def test_cli_retrieval_without_qmd_checkout(tmp_path):
