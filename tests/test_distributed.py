@@ -1,0 +1,191 @@
+"""Data-parallel SFT over mlx.distributed: 2 ranks on loopback with the ring backend (issue 19).
+
+The ranks run as real processes (mlx.launch, or by hand with the environment mlx.launch sets:
+MLX_HOSTFILE + MLX_RANK), on the tiny Qwen3 model, so each test takes tens of seconds on 2 cores.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT
+
+import train
+
+pytestmark = pytest.mark.slow
+
+# A few steps of plain SGD-like training: no dropout (its masks differ by rank by design), constant lr.
+COMMON = [
+    "--batch-size", "4", "--grad-accumulation-steps", "2", "--max-seq-length", "128",
+    "--steps-per-report", "2", "--steps-per-eval", "4", "--val-batches", "-1", "--save-every", "2",
+    "--rank", "4", "--alpha", "8", "--dropout", "0", "--lr-schedule", "constant", "--warmup-steps", "0",
+    "--learning-rate", "1e-3",
+]  # fmt: skip
+
+
+def write_split(folder, n_train=24, n_valid=8):
+    """train.jsonl + valid.jsonl of varied lengths (so the ranks' shares hold different token counts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, tag in [("train", n_train, "t"), ("valid", n_valid, "v")]:
+        lines = []
+        for i in range(n):
+            words = " ".join(["settings"] * (i % 5))
+            out = [["lex", f"auth config {tag}{i} {words}"], ["vec", f"where is auth config {tag}{i} stored {words}"]]
+            lines.append(json.dumps({"query": f"auth config {tag}{i}", "output": out}))
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def free_ports(n=2):
+    """A base port p with p .. p+n-1 free (mlx.launch's ring gives rank r port p + r)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65536:
+            continue
+        try:
+            socks = []
+            for k in range(n):
+                t = socket.socket()
+                t.bind(("127.0.0.1", base + k))
+                socks.append(t)
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free port pair")
+
+
+def sft_args(model, data, out, *extra):
+    return ["sft", "--model", str(model), "--data", str(data), "--adapter-path", str(out), *COMMON, *extra]
+
+
+def launch(tmp_path, args, timeout=300):
+    """`mlx.launch --hostfile hosts.json --backend ring train.py ...` with 2 local ranks."""
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2))
+    launcher = os.path.join(os.path.dirname(sys.executable), "mlx.launch")
+    cmd = [launcher, "--hostfile", str(hosts), "--backend", "ring", "-p", str(free_ports()),
+           "--python", sys.executable, "train.py", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+    )
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(tiny_model_path, tmp_path):
+    import mlx.core as mx
+
+    data = write_split(tmp_path / "data")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, one, "--iters", "4"))
+    assert single.exit_code == 0, single.output
+    dist = launch(tmp_path, sft_args(tiny_model_path, data, two, "--iters", "4"))
+    output = dist.stdout + dist.stderr
+    assert dist.returncode == 0, output
+    assert "distributed: 2 ranks, each 2 of every batch of 4; effective batch 8" in output
+    assert output.count("done: 4 iterations") == 1  # rank 1 prints nothing
+
+    # Same global batch, same data order, loss normalised by the whole batch's tokens: the mean loss
+    # and validation loss agree to float32 summation order, and so do the LoRA weights after 2 updates.
+    r1, r2 = records(one), records(two)
+    train1 = [(r["step"], r["train_loss"]) for r in r1 if "train_loss" in r]
+    train2 = [(r["step"], r["train_loss"]) for r in r2 if "train_loss" in r]
+    assert [s for s, _ in train1] == [s for s, _ in train2] == [2, 4]
+    for (_, a), (_, b) in zip(train1, train2):
+        assert abs(a - b) < 1e-4, (train1, train2)
+    val1 = [(r["step"], r["val_loss"]) for r in r1 if "val_loss" in r]
+    val2 = [(r["step"], r["val_loss"]) for r in r2 if "val_loss" in r]
+    assert [s for s, _ in val1] == [s for s, _ in val2] == [0, 4]
+    for (_, a), (_, b) in zip(val1, val2):
+        assert abs(a - b) < 1e-4, (val1, val2)
+    a = mx.load(str(one / "adapters.safetensors"))
+    b = mx.load(str(two / "adapters.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(mx.abs(a[k] - b[k]).max().item() for k in a)
+    assert worst < 1e-5, worst
+    # and the weights did move (so the comparison above says something): lora_b starts at zero
+    moved = max(mx.abs(a[k]).max().item() for k in a if k.endswith("lora_b"))
+    assert moved > 1e-4, moved
+
+
+def test_ctrl_c_on_one_rank_stops_both_and_the_run_resumes_distributed(tiny_model_path, tmp_path):
+    """SIGINT reaches only rank 1: both stop at the same optimizer step, rank 0 saves, exit 130; then
+    `--resume` under mlx.launch continues from rank 0's checkpoint (rank 1 gets state by broadcast)."""
+    data = write_split(tmp_path / "data")
+    out = tmp_path / "run"
+    procs, logs = start_ranks(tmp_path, sft_args(tiny_model_path, data, out, "--iters", "400"))
+    wait_for_step(logs[0], procs)
+    procs[1].send_signal(signal.SIGINT)
+    codes = [p.wait(timeout=120) for p in procs]
+    text = [log.read_text() for log in logs]
+    assert codes == [130, 130], text
+    assert "stopped at step" in text[0] and "stopped at step" not in text[1]
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    stopped = json.loads((ckpts[-1] / "state.json").read_text())["step"]
+    assert 0 < stopped < 400 and stopped % 2 == 0  # an optimizer-step boundary (accumulation 2)
+
+    resumed = launch(tmp_path, sft_args(tiny_model_path, data, out, "--iters", str(stopped + 4), "--resume"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {out}" in resumed.stdout
+    assert f"done: {stopped + 4} iterations" in resumed.stdout
+
+
+def test_killing_one_rank_ends_the_other_with_a_clear_error(tiny_model_path, tmp_path):
+    """kill -9 of rank 1 mid-run: rank 0 fails its next all-reduce and exits 1 with a message that
+    says what happened and how to continue, well within a bounded time (no hang)."""
+    data = write_split(tmp_path / "data")
+    procs, logs = start_ranks(tmp_path, sft_args(tiny_model_path, data, tmp_path / "run", "--iters", "400"))
+    wait_for_step(logs[0], procs)
+    procs[1].kill()
+    t0 = time.time()
+    code = procs[0].wait(timeout=60)
+    took = time.time() - t0
+    text = logs[0].read_text()
+    assert code == 1, text
+    assert "rank 0/2:" in text and "another rank stopped" in text and "--resume" in text, text
+    assert "Traceback" not in text
+    assert took < 60
+
+
+def start_ranks(tmp_path, args):
+    """The two ranks started by hand with the environment mlx.launch gives them, so a test can signal
+    or kill one; output to rank0.log / rank1.log."""
+    base = free_ports()
+    ring = tmp_path / "ring.json"
+    ring.write_text(json.dumps([[f"127.0.0.1:{base}"], [f"127.0.0.1:{base + 1}"]]))
+    procs, logs = [], []
+    for rank in range(2):
+        log = tmp_path / f"rank{rank}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLX_HOSTFILE": str(ring), "MLX_RANK": str(rank)}
+        with open(log, "w") as f:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env
+                )
+            )
+        logs.append(log)
+    return procs, logs
+
+
+def wait_for_step(log, procs, timeout=240):
+    deadline = time.time() + timeout
+    while "| loss" not in log.read_text():
+        if any(p.poll() is not None for p in procs) or time.time() > deadline:
+            for p in procs:
+                p.kill()
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
