@@ -460,7 +460,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
         echo(f"resuming {out} from {existing.name}")
     elif resume:
         echo(f"nothing to resume in {out}: starting a new run")
-    elif overwrite:
+    elif overwrite and lead:
         replaced.move_aside()  # data and model are loaded and checked: only now does the old run make way
     if world.size > 1:  # every rank starts from rank 0's weights, optimizer state and step
         start = world.broadcast_json(start)
