@@ -18,8 +18,6 @@ from conftest import ROOT
 
 import train
 
-pytestmark = pytest.mark.slow
-
 # A few steps of plain SGD-like training: no dropout (its masks differ by rank by design), constant lr.
 COMMON = [
     "--batch-size", "4", "--grad-accumulation-steps", "2", "--max-seq-length", "128",
@@ -86,6 +84,42 @@ def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+class Group:
+    """What iterate_batches reads from mlx.distributed's group: rank() and size()."""
+
+    def __init__(self, rank, size):
+        self._rank, self._size = rank, size
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+
+def test_ranks_split_every_batch_and_normalise_by_its_whole_token_count():
+    """Rank shares of a training batch are disjoint and together make the single-process batch; each
+    carries the whole batch's target count / N, so mean-of-rank-losses is the batch's mean loss."""
+    import numpy as np
+
+    dataset = [(list(range(3, 3 + 20 + (i * 7) % 23)), 5 + i % 3) for i in range(30)]
+    iterate = train.make_iterate_batches(seed=1)
+    single = iterate(dataset, 6, 128, loop=True, comm_group=Group(0, 1))
+    shares = [iterate(dataset, 6, 128, loop=True, comm_group=Group(r, 3)) for r in range(3)]
+    for _ in range(7):
+        whole, lengths, positions, _ = next(single)
+        parts = [next(s) for s in shares]
+        rows = sorted(tuple(r[r > 0].tolist()) for b in parts for r in np.array(b[0]))
+        assert rows == sorted(tuple(r[r > 0].tolist()) for r in np.array(whole))
+        targets = int((np.array(positions) >= 0).sum())
+        for b in parts:
+            assert len(b) == 5 and b[0].shape[0] == 2
+            assert abs(b[4].item() * 3 - targets) < 1e-3
+    val = list(iterate(dataset, 6, 128, loop=False, comm_group=Group(1, 3)))
+    assert len(val) == 5 and all(len(b) == 4 and b[0].shape[0] == 2 for b in val)  # no norm: evaluate() weighs
+
+
+@pytest.mark.slow
 def test_two_ranks_match_one_process_with_the_same_global_batch(tiny_model_path, tmp_path):
     import mlx.core as mx
 
@@ -122,6 +156,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tiny_model_path,
     assert moved > 1e-4, moved
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_one_rank_stops_both_and_the_run_resumes_distributed(tiny_model_path, tmp_path):
     """SIGINT reaches only rank 1: both stop at the same optimizer step, rank 0 saves, exit 130; then
     `--resume` under mlx.launch continues from rank 0's checkpoint (rank 1 gets state by broadcast)."""
@@ -144,6 +179,7 @@ def test_ctrl_c_on_one_rank_stops_both_and_the_run_resumes_distributed(tiny_mode
     assert f"done: {stopped + 4} iterations" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_killing_one_rank_ends_the_other_with_a_clear_error(tiny_model_path, tmp_path):
     """kill -9 of rank 1 mid-run: rank 0 fails its next all-reduce and exits 1 with a message that
     says what happened and how to continue, well within a bounded time (no hang)."""
