@@ -21,7 +21,7 @@ import train
 # A few steps of plain SGD-like training: no dropout (its masks differ by rank by design), constant lr.
 COMMON = [
     "--batch-size", "4", "--grad-accumulation-steps", "2", "--max-seq-length", "128",
-    "--steps-per-report", "2", "--steps-per-eval", "4", "--val-batches", "-1", "--save-every", "2",
+    "--steps-per-report", "2", "--steps-per-eval", "4", "--save-every", "2",
     "--rank", "4", "--alpha", "8", "--dropout", "0", "--lr-schedule", "constant", "--warmup-steps", "0",
     "--learning-rate", "1e-3",
 ]  # fmt: skip
