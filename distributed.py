@@ -42,11 +42,15 @@ class World:
         return self.all_sum(mx.array(1 if flag else 0, mx.int32)).item() > 0
 
     def broadcast_tree(self, tree):
-        """Rank 0's arrays, same structure on every rank (others send zeros; all_sum adds them up)."""
+        """Rank 0's arrays, same structure on every rank (others send zeros; all_sum adds them up).
+
+        The leaves go in sorted key order: dicts built differently (an optimizer state loaded from a
+        checkpoint on rank 0, freshly initialised elsewhere) list the same keys in different orders,
+        and pairing a rank's array with another's of a different size would hang the all-reduce."""
         if self.size == 1:
             return tree
         import mlx.core as mx
-        from mlx.utils import tree_map
+        from mlx.utils import tree_flatten, tree_unflatten
 
         def one(x):
             if not isinstance(x, mx.array):
@@ -56,9 +60,10 @@ class World:
                 return self.all_sum(mine.astype(mx.int32)).astype(x.dtype)
             return self.all_sum(mine)
 
-        out = tree_map(one, tree)
-        mx.eval(out)
-        return out
+        flat = tree_flatten(tree)
+        summed = {k: one(v) for k, v in sorted(flat, key=lambda kv: kv[0])}
+        mx.eval(list(summed.values()))
+        return tree_unflatten([(k, summed[k]) for k, _ in flat])
 
     def broadcast_json(self, obj):
         """Rank 0's JSON-serialisable value on every rank (two small all-reduces)."""
