@@ -647,13 +647,19 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
         runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
         replaced.commit()
         _plot(out, metrics)
-    if interrupted["flag"] and step < cfg["iters"]:
+    stopped = interrupted["flag"] and step < cfg["iters"]
+    if stopped and world.size > 1:
+        echo(f"stopped at step {step}; checkpoint saved. Continue with the same mlx.launch command plus --resume")
+    elif stopped:
         echo(
             f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {shlex.quote(str(out))}"
         )
-        return {"step": step, "adapter_path": str(out), "interrupted": True}
-    echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
-    return {"step": step, "adapter_path": str(out), "interrupted": False}
+    else:
+        echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
+    # Barrier: no rank exits before rank 0 has saved and said so (mlx.launch kills the other ranks as
+    # soon as one exits non-zero, and 130 counts: it cut rank 0 off mid-message in a test).
+    world.any_rank(False)
+    return {"step": step, "adapter_path": str(out), "interrupted": stopped}
 
 
 class _NoMetrics:
