@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 MLX    ?= default
 UNAME  := $(shell uname -s)
 
-.PHONY: setup setup-dev blas qmd retrieval-docs test test-fast demo bench lint format clean
+.PHONY: setup setup-dev blas qmd retrieval-docs test test-fast demo eval-retrieval bench lint format clean
 
 RUNTIME_STAMP := $(VENV)/.runtime-$(MLX)
 DEV_STAMP     := $(VENV)/.dev-$(MLX)
@@ -91,6 +91,21 @@ test-fast: setup-dev
 # for 120 steps falls into repetition loops on a few queries, which is why QMD samples.
 demo: setup qmd
 	$(BIN)/python demo.py
+
+# Retrieval lift (eval_retrieval.py): `none` vs the untuned demo model vs the tuned demo adapter (make demo), on the
+# personal-notes corpus and the Flask + pytest docs corpus (built from the pinned sdists), each on the Python hybrid
+# engine (BM25 + e5 vectors) and the real QMD (BM25 + lex lines offline). MLX generation samples as QMD does (seed 0).
+# Embeddings are cached by content hash in ~/.cache/qmd-query-expansion; reports (JSON, markdown, PNG) in
+# $(RETRIEVAL_OUT). DEMO_ADAPTER=path evaluates another adapter.
+DEMO_ADAPTER  ?= adapters/demo
+RETRIEVAL_OUT ?= adapters/retrieval
+eval-retrieval: setup qmd retrieval-docs
+	@[ -f $(DEMO_ADAPTER)/adapter_config.json ] || { echo "$(DEMO_ADAPTER) has no trained adapter: run \`make demo\` first (it trains the tuned demo model this compares)"; exit 1; }
+	$(BIN)/python evals/retrieval/build_docs.py $(RETRIEVAL_OUT)/docs
+	$(BIN)/python eval_retrieval.py --corpus evals/retrieval/notes --queries evals/retrieval/notes.jsonl \
+	  --adapter $(DEMO_ADAPTER) --baseline -o $(RETRIEVAL_OUT)/notes.json
+	$(BIN)/python eval_retrieval.py --corpus $(RETRIEVAL_OUT)/docs --queries evals/retrieval/docs.jsonl \
+	  --adapter $(DEMO_ADAPTER) --baseline -o $(RETRIEVAL_OUT)/docs.json
 
 # Benchmarks (bench/*.py, ~15-20 min on 2 idle cores): each compares ours with the alternative in the same
 # run and appends a dated row to bench/results.md. Third-party baselines (mlx-lm-lora) live in their own

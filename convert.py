@@ -50,19 +50,14 @@ import numpy as np  # noqa: E402
 import prompt  # noqa: E402
 
 # ----------------------------------------------------------------------------
-# What QMD does at run time (NOTES.md): the Modelfile and `eval.py --gguf` reproduce it
+# What QMD does at run time (QMD 2.8.3's dist/llm.js, installed by `make qmd`): the Modelfile and `eval.py --gguf` reproduce it
 
-# QMD's constrained decoding: one or more `type: text` lines, each ended by a newline.
-QMD_GRAMMAR = r"""root ::= line+
-line ::= type ": " content "\n"
-type ::= "lex" | "vec" | "hyde"
-content ::= [^\n]+
-"""
-# QMD's sampling (it notes that greedy decoding can loop). The presence penalty looks at the last 64 tokens.
-QMD_SAMPLING = {"temp": 0.7, "top_k": 20, "top_p": 0.8, "presence_penalty": 0.5}
-QMD_PENALTY_WINDOW = 64
-QMD_MAX_TOKENS = 600
-QMD_CONTEXT = 2048
+# QMD's grammar (generated from prompt.OUTPUT_CONTRACT), sampling and limits live in prompt.py.
+QMD_GRAMMAR = prompt.QMD_GRAMMAR
+QMD_SAMPLING = prompt.QMD_SAMPLING
+QMD_PENALTY_WINDOW = prompt.QMD_PENALTY_WINDOW
+QMD_MAX_TOKENS = prompt.QMD_MAX_TOKENS
+QMD_CONTEXT = prompt.QMD_CONTEXT
 
 # ----------------------------------------------------------------------------
 # Presets and output types

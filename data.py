@@ -24,7 +24,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompt import LINE_TYPES, messages
+from prompt import HYDE_CHARS, LINE_TYPES, OUTPUT_CONTRACT, messages
 
 DATA_DIR = Path(__file__).parent / "data"
 SPLIT_DIR = DATA_DIR / "splits"
@@ -104,28 +104,38 @@ def check_record(rec) -> str | None:
     return None
 
 
-def read_jsonl(path) -> tuple[list, list]:
-    """All valid examples of one file and a `file:line: reason` string per bad line."""
+def jsonl_records(path) -> tuple[list, list]:
+    """([(where, record)], [problem]) for every non-blank line of a JSONL file, `where` = "file:line".
+
+    The one JSONL reader (training data, score files): lines end at "\n" only - str.splitlines() also
+    splits at U+0085/U+2028/U+2029, which JSON writes unescaped inside strings (ensure_ascii=False),
+    and would cut such a record in two - and a BOM is dropped wherever a line starts with one (cat
+    a.jsonl b.jsonl keeps b's). A missing or non-UTF-8 file is a problem, not an exception."""
     path = Path(path)
-    examples, problems = [], []
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return [], [f"{path}: file not found"]
     except UnicodeDecodeError as exc:
         return [], [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]
-    # Lines end at "\n" only: str.splitlines() also splits at U+0085/U+2028/U+2029, which JSON writes
-    # unescaped inside strings (ensure_ascii=False), and would cut such a record in two.
+    records, problems = [], []
     for lineno, raw in enumerate(text.split("\n"), 1):
-        raw = raw.rstrip("\r").lstrip(BOM)  # also inside a file: cat a.jsonl b.jsonl keeps b's BOM
+        raw = raw.rstrip("\r").lstrip(BOM)
         if not raw.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            rec = json.loads(raw)
+            records.append((where, json.loads(raw)))
         except json.JSONDecodeError as exc:
             problems.append(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
+    return records, problems
+
+
+def read_jsonl(path) -> tuple[list, list]:
+    """All valid examples of one file and a `file:line: reason` string per bad line."""
+    records, problems = jsonl_records(path)
+    examples = []
+    for where, rec in records:
         reason = check_record(rec)
         if reason:
             problems.append(f"{where}: {reason}")
@@ -179,6 +189,30 @@ def split(examples, valid_fraction: float = 0.05, seed: int = 0) -> tuple[list, 
         h = hashlib.sha256(f"{seed}:{normalize_query(ex.query)}".encode()).digest()
         (valid if int.from_bytes(h[:8], "big") / 2**64 < valid_fraction else train).append(ex)
     return train, valid
+
+
+def load_split(folder, valid_fraction: float = 0.05, seed: int = 0) -> tuple[list, list]:
+    """(train, valid) examples of a data folder: the one split both stages use.
+
+    SFT trains on `train` and reports its loss on `valid`; GRPO, given the SFT run's folder, fraction
+    and seed (from its adapter_config.json), samples rollout prompts from `train` and scores `valid`
+    as its held-out set - so no query GRPO selects its best adapter on was trained on by SFT.
+    A folder with train.jsonl (and valid.jsonl) from `data.py split` is taken as it is; otherwise
+    every *.jsonl is read, deduplicated and split by a hash of (seed, query).
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        raise DataError([f"{folder}: --data must be a folder of *.jsonl files, not a file"])
+    if (folder / "train.jsonl").exists():
+        train, _ = dedupe(load_examples([folder / "train.jsonl"]))
+        valid_file = folder / "valid.jsonl"
+        valid = load_examples([valid_file]) if valid_file.exists() else []
+        return train, valid
+    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not files:
+        raise DataError([f"{folder}: no *.jsonl files (see data/README or `python data.py --help`)"])
+    unique, _ = dedupe(load_examples(files))
+    return split(unique, valid_fraction, seed)
 
 
 def write_jsonl(path, examples) -> None:
@@ -300,13 +334,13 @@ def check_example(ex, min_score: float = 0.8) -> list:
         if len(text) > MAX_LINE_CHARS:
             probs.append(
                 f"{kind} line is {len(text):,} characters; the limit is {MAX_LINE_CHARS} (QMD generates at most 600 "
-                "tokens for all lines together; hyde is meant to be 50-200 characters)"
+                f"tokens for all lines together; hyde is meant to be {HYDE_CHARS[0]}-{HYDE_CHARS[1]} characters)"
             )
     kinds = [k for k, _ in ex.output]
-    for kind, lo, hi in (("lex", 1, 3), ("vec", 1, 3), ("hyde", 0, 1)):
-        n = kinds.count(kind)
-        if not lo <= n <= hi:
-            probs.append(f"{n} {kind} line(s); want {lo}-{hi}")
+    for t in OUTPUT_CONTRACT:
+        n = kinds.count(t.name)
+        if not t.min_lines <= n <= t.max_lines:
+            probs.append(f"{n} {t.name} line(s); want {t.min_lines}-{t.max_lines}")
     s = reward.score(ex.query, "\n".join(f"{k}: {t}" for k, t in ex.output))
     if s.hard_failure:
         probs.append(f"hard failure: {s.hard_failure}")

@@ -96,9 +96,6 @@ class World:
             f"rank {r} has {table[r]}" for r in bad
         )
 
-    def prefix(self) -> str:
-        return f"rank {self.rank}/{self.size}: " if self.size > 1 else ""
-
 
 def fingerprint(items) -> list:
     """Cheap identity of a tokenized data set: count, total tokens, CRC32 of the token ids."""
@@ -108,6 +105,24 @@ def fingerprint(items) -> list:
         crc = zlib.crc32(bytes(str(prompt_len), "ascii") + b":" + b",".join(b"%d" % t for t in ids), crc)
         total += len(ids)
     return [len(items), total, crc]
+
+
+def rank_prefix() -> str:
+    """`rank R/N: ` under mlx.launch with N > 1 (so an error names the machine it came from), else ""."""
+    import mlx.core as mx
+
+    if not mx.distributed.is_available():
+        return ""
+    group = mx.distributed.init()
+    return f"rank {group.rank()}/{group.size()}: " if group.size() > 1 else ""
+
+
+def lost_peer_message(err: BaseException) -> str:
+    return (
+        f"{err}: another rank stopped or the link between the machines failed, so this one stops too. Its "
+        "own error (if any) is above; the last checkpoint is in the run folder on rank 0: start the same "
+        "mlx.launch command with --resume to continue."
+    )
 
 
 def lost_peer(err: BaseException) -> bool:

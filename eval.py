@@ -11,8 +11,9 @@
                                                                 # llama.cpp, QMD's grammar and sampling
     python eval.py --qmd adapters/gguf/qmd-query-expansion-q8_0.gguf   # inside the real QMD (make qmd)
 
-Generation goes through mlx-lm's batched generator (one prefill per batch of prompts, a shared
-decode loop) with the prompt contract from prompt.py, greedy unless a temperature is given.
+Generation goes through decode.py's batched sampler (each prompt prefilled once, all rows decoded
+together; `--sequential` uses mlx-lm's generator one query at a time, for benchmarks) with the
+prompt contract from prompt.py, greedy unless a temperature is given.
 grpo.py uses `evaluate()` and `format_report()` from here, so every evaluation reads the same.
 
 An output that reached --max-tokens without the end token is marked truncated (from decode.py's
@@ -49,7 +50,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 import reward  # noqa: E402
-from data import EVAL_QUERIES, DataError, read_queries  # noqa: E402
+from data import EVAL_QUERIES, DataError, jsonl_records, read_queries  # noqa: E402
 
 # ----------------------------------------------------------------------------
 # Generation
@@ -368,19 +369,12 @@ def _issues(result: dict) -> dict:
 
 def load_score_file(path) -> list:
     """[(query, category, text, truncated)] from a JSONL of {"query", "text"|"output"[, "category", "truncated"]}."""
-    items, problems = [], []
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8-sig").split("\n"), 1):
-        raw = raw.rstrip("\r").lstrip("\ufeff")  # "\n" only: U+2028 etc. may sit inside JSON strings
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-            continue
+    records, problems = jsonl_records(path)
+    items = []
+    for where, rec in records:
         text = reward._record_text(rec) if isinstance(rec, dict) else None
         if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or text is None:
-            problems.append(f'{path}:{lineno}: needs "query" and "text" (a string) or "output" (pairs)')
+            problems.append(f'{where}: needs "query" and "text" (a string) or "output" (pairs)')
             continue
         items.append((rec["query"], str(rec.get("category", "uncategorised")), text, reward.record_truncated(rec)))
     if problems:
@@ -567,21 +561,7 @@ def cli(
             _fail(
                 "--gguf replaces --model/--adapter (the adapters are fused into the GGUF); --baseline and --sequential are MLX-only"
             )
-        return _cli_gguf(
-            gguf_path,
-            grammar,
-            queries_path,
-            max_tokens,
-            temp,
-            top_p,
-            top_k,
-            presence_penalty,
-            seed,
-            verbose,
-            output_path,
-            min_score,
-            interactive,
-        )
+        return _cli_gguf(gguf_path, click.get_current_context())
     if gguf_path is None and not grammar:
         _fail("--no-grammar only applies to --gguf")
     if not model_path and adapter_path:
@@ -637,33 +617,19 @@ def cli(
     return _finish(result, verbose, output_path, min_score)
 
 
-def _cli_gguf(
-    path,
-    grammar,
-    queries_path,
-    max_tokens,
-    temp,
-    top_p,
-    top_k,
-    presence_penalty,
-    seed,
-    verbose,
-    output_path,
-    min_score,
-    interactive,
-):
-    """eval.py --gguf: QMD's run-time settings wherever the command line gave none."""
+def _cli_gguf(path, ctx):
+    """eval.py --gguf: QMD's run-time settings wherever the command line gave none (the options are
+    read from the command's context, `ctx.params`)."""
     import convert
 
-    ctx = click.get_current_context()
-    given = {p: ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT for p in ctx.params}
+    p = ctx.params
+    given = {k: ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT for k in p}
     sampling = {
-        "temp": temp if given["temp"] else convert.QMD_SAMPLING["temp"],
-        "top_p": top_p if given["top_p"] else convert.QMD_SAMPLING["top_p"],
-        "top_k": top_k if given["top_k"] else convert.QMD_SAMPLING["top_k"],
-        "presence_penalty": presence_penalty if given["presence_penalty"] else convert.QMD_SAMPLING["presence_penalty"],
+        k: p[k] if given[k] else convert.QMD_SAMPLING[k] for k in ("temp", "top_p", "top_k", "presence_penalty")
     }
-    max_tokens = max_tokens if given["max_tokens"] else convert.QMD_MAX_TOKENS
+    max_tokens = p["max_tokens"] if given["max_tokens"] else convert.QMD_MAX_TOKENS
+    grammar, queries_path, seed = p["grammar"], p["queries_path"], p["seed"]
+    verbose, output_path, min_score, interactive = p["verbose"], p["output_path"], p["min_score"], p["interactive"]
     try:
         llm = load_gguf(path, seed=seed)
     except runtime.ModelError as err:

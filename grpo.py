@@ -5,23 +5,41 @@
     python grpo.py --resume                          # continue adapters/grpo from its latest checkpoint
     python grpo.py --eval-only [--adapter A]         # evaluate an adapter on evals/queries.txt (eval.py's code)
 
+The shape (mlx-lm's trainer and nanochat's chat_rl.py are the models): train_grpo(model, optimizer,
+prompts, args, reward_fn=, objective=, callback=) runs rollout -> score -> advantages -> update ->
+callback for every step; each stage is a small function filling in a Group (one prompt, its G
+completions, rewards, advantages, mask, rollout and reference log-probs). The reward and the
+objective are passed in, the way mlx-lm's trainer takes loss= and iterate_batches=; the run around
+it (folder, resume, evaluation, checkpoints) lives in run_grpo and its RunCallback.
+
 The algorithm, one step:
-  1. Take B prompts: queries of the training split (the SFT validation split is held out for
+  1. Take B prompts: queries of the SFT run's training split (its validation split is held out for
      model selection), reshuffled every epoch with --seed.
   2. Sample G completions per prompt from the current policy: base + fused SFT adapter + a fresh
      small GRPO LoRA (rank 4, q/v projections). All B x G completions decode together in
      decode.py's batched sampler; each prompt is prefilled once and shared by its G samples.
-  3. Reward every completion with reward.py; advantage A = (r - mean_group) / (std_group + 1e-4).
-     A completion cut at max_completion_tokens without the end token is scored as truncated (0), so
-     running to the cap never pays. A group whose rewards are all equal carries no signal and is
-     skipped entirely. Held-out evaluations log the count of each breakage kind (eval_issues).
+  3. Reward every completion with reward.py. A completion cut at max_completion_tokens without the
+     end token is scored as truncated (0), so running to the cap never pays; with
+     mask_truncated_completions it also gets no gradient. Advantage A = r - mean_group, divided by
+     std_group + 1e-4 (scale_rewards: group), the batch's std + 1e-4 (batch) or nothing (none).
+     A group whose rewards are all equal - or whose std is below min_group_std - carries no signal
+     and is skipped entirely; the share of near-ties (std < LOW_STD) is logged every step.
   4. `updates_per_batch` optimizer steps on the batch. Per completion token:
         ratio = exp(logp - logp_rollout)
-        loss  = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + beta * k3
-        k3    = exp(logp_ref - logp) - (logp_ref - logp) - 1          (KL to the SFT model)
-     averaged over all completion tokens of the batch (token-level, as in DAPO/Dr. GRPO).
+        loss  = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * KL
+        KL    = k3 = exp(logp_ref - logp) - (logp_ref - logp) - 1        (to the SFT model)
+     with KL weighted by the detached ratio on reused rollouts (kl_ratio_correction: k3 is an
+     estimate for samples of the current policy; the weight makes it one for the rollout's).
      logp_ref comes from the same weights with the GRPO LoRA switched off (its scale set to 0):
-     no second model in memory.
+     no second model in memory. The objective (loss_type):
+        grpo     the loss above averaged over all completion tokens of the batch (token-level,
+                 the normalisation DAPO introduced; this project's GRPO has used it from the start)
+        dr_grpo  the same sum divided by a constant, B x G x max_completion_tokens, and rewards not
+                 scaled by the std (Dr. GRPO: neither long nor low-variance groups weigh more)
+        dapo     grpo with clip-higher: eps_high 0.28 above eps_low 0.2 (epsilon_high); DAPO's
+                 dynamic sampling is the skipping of zero-variance groups above
+        gspo     one ratio per completion, exp(mean token log-ratio), clipped at the sequence level,
+                 averaged over completions (GSPO; wants clip ranges near 3e-4 / 4e-4)
 Simplifications, stated: the policy is the model's untempered distribution while rollouts may be
 sampled with temperature/top-p/top-k (keep temperature 1.0 for strictly on-policy samples);
 logp_rollout is not taken from the sampler: the first update's own forward pass runs on the
@@ -46,12 +64,12 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
@@ -63,9 +81,7 @@ GRPO_DEFAULTS = {
     "model": None,  # base model; default: the one the SFT adapter was trained on
     "sft_adapter": "adapters/sft",
     "adapter_path": "adapters/grpo",
-    "data": "data",
-    "valid_fraction": 0.05,  # must match SFT's so held-out queries stay held out
-    "split_seed": 0,
+    "data": None,  # default: the SFT run's data folder (split as that run split it)
     "steps": 200,
     "batch_size": 4,  # prompts per step
     "group_size": 4,  # completions per prompt
@@ -74,7 +90,13 @@ GRPO_DEFAULTS = {
     "warmup_steps": 10,
     "max_grad_norm": 1.0,
     "beta": 0.04,
-    "clip_eps": 0.2,
+    "clip_eps": 0.2,  # PPO clip range below 1 (and above, unless epsilon_high)
+    "epsilon_high": None,  # clip range above 1; default clip_eps, or 0.28 for dapo (clip-higher)
+    "loss_type": "grpo",  # grpo | dr_grpo | dapo | gspo (see the module docstring)
+    "scale_rewards": None,  # group | batch | none; default group, or none for dr_grpo
+    "min_group_std": 0.0,  # groups whose reward std is below this are not trained on (0: only exact ties)
+    "mask_truncated_completions": False,  # completions cut at the cap get no gradient
+    "kl_ratio_correction": True,  # reused rollouts: KL estimate weighted by the (detached) ratio
     "rank": 4,
     "alpha": 8,
     "dropout": 0.0,
@@ -101,9 +123,7 @@ GRPO_SCHEMA = {
     "model": K(str, null=True),
     "sft_adapter": K(str),
     "adapter_path": K(str),
-    "data": K(str),
-    "valid_fraction": K(float, 0, 1, hi_open=True),
-    "split_seed": K(int, 0),
+    "data": K(str, null=True),
     "steps": K(int, 1),
     "batch_size": K(int, 1),
     "group_size": K(int, 2),  # advantages are relative to the group: one completion has none
@@ -113,6 +133,12 @@ GRPO_SCHEMA = {
     "max_grad_norm": K(float, 0, lo_open=True),
     "beta": K(float, 0),
     "clip_eps": K(float, 0, 1, lo_open=True, hi_open=True),
+    "epsilon_high": K(float, 0, lo_open=True, null=True),
+    "loss_type": K(str, choices=("grpo", "dr_grpo", "dapo", "gspo")),
+    "scale_rewards": K(str, choices=("group", "batch", "none"), null=True),
+    "min_group_std": K(float, 0),
+    "mask_truncated_completions": K(bool),
+    "kl_ratio_correction": K(bool),
     "rank": K(int, 1),
     "alpha": K(float, 0, lo_open=True),
     "dropout": K(float, 0, 1, hi_open=True),
@@ -148,8 +174,6 @@ RESUME_KEYS = [
     "model",
     "sft_adapter",
     "data",
-    "valid_fraction",
-    "split_seed",
     "batch_size",
     "group_size",
     "rank",
@@ -160,8 +184,7 @@ RESUME_KEYS = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+TrainingDiverged = runtime.TrainingDiverged
 
 
 # ----------------------------------------------------------------------------
@@ -169,26 +192,12 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_policy(cfg):
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
+    """Base + fused SFT adapter (frozen) + a fresh GRPO LoRA: (model, tokenizer, num_layers, lora params)."""
     model, tokenizer = runtime.load_model(cfg["model"], cfg["sft_adapter"])
     runtime.fuse_lora(model)  # the SFT adapter becomes part of the frozen base
-    model.freeze()
-    n = len(model.layers)
-    num_layers = n if cfg["num_layers"] in (-1, None) else min(int(cfg["num_layers"]), n)
-    params = {
-        "rank": cfg["rank"],
-        "scale": cfg["alpha"] / cfg["rank"],
-        "dropout": cfg["dropout"],
-        "keys": list(cfg["lora_keys"]),
-    }
-    linear_to_lora_layers(model, num_layers, params)
-    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    if n_trainable == 0:
-        raise runtime.ModelError(f"no GRPO LoRA layers were created: none of {cfg['lora_keys']} exist in the model")
+    num_layers, _ = runtime.add_lora(model, cfg, "GRPO LoRA")
     model.eval()  # no dropout in rollouts or log-prob passes
-    return model, tokenizer, num_layers, params
+    return model, tokenizer, num_layers, runtime.lora_parameters(cfg)
 
 
 @contextmanager
@@ -209,15 +218,35 @@ def lora_off(model):
 # Advantages
 
 
-def group_advantages(rewards, eps: float = 1e-4):
-    """(r - mean) / (std + eps) per group; all-equal groups get all-zero advantages."""
+def group_advantages(
+    rewards, eps: float = 1e-4, scale: str = "group", batch_std: float | None = None, min_std: float = 0.0
+):
+    """Group-relative advantages: r - mean, divided by the group's std + eps (scale "group"), the
+    whole batch's std + eps ("batch") or nothing ("none"). A group whose std is below `min_std` (and
+    any group of equal rewards) gets all-zero advantages: it carries no signal and is not trained on."""
     import numpy as np
 
     r = np.asarray(rewards, dtype=np.float64)
     std = r.std()
-    if std < 1e-8:
+    if std < max(min_std, 1e-8):
         return np.zeros_like(r)
-    return (r - r.mean()) / (std + eps)
+    if scale == "group":
+        return (r - r.mean()) / (std + eps)
+    if scale == "batch":
+        return (r - r.mean()) / (batch_std + eps)
+    return r - r.mean()
+
+
+def reward_scaling(args) -> str:
+    """scale_rewards as configured; unset: none for dr_grpo (its point), group otherwise."""
+    return args["scale_rewards"] or ("none" if args["loss_type"] == "dr_grpo" else "group")
+
+
+def clip_range(args) -> tuple:
+    """(eps_low, eps_high): the ratio is clipped to [1 - eps_low, 1 + eps_high]."""
+    lo = args["clip_eps"]
+    hi = args["epsilon_high"] if args["epsilon_high"] is not None else (0.28 if args["loss_type"] == "dapo" else lo)
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------
@@ -318,35 +347,333 @@ def _make_token_logprobs():
     return f
 
 
-def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps):
-    """Per-token clipped policy-gradient loss + beta * k3 KL, masked. Shapes (G, C); adv (G,)."""
+def grpo_token_loss(logp, old_logp, ref_logp, adv, mask, beta, clip_eps, clip_high=None, kl_ratio_correction=False):
+    """Per-token clipped policy-gradient loss + beta * KL, masked. Shapes (G, C); adv (G,).
+
+    KL is k3 = e^d - d - 1 with d = logp_ref - logp, an estimate of KL(policy || reference) for tokens
+    sampled from the policy. With kl_ratio_correction it is weighted by the detached ratio
+    policy / rollout policy: reused rollouts (the second and later updates of a batch) were sampled
+    from the rollout policy, and the weight makes the estimate unbiased for the current one. On the
+    first update the ratio is exactly 1, so nothing changes there.
+    Returns (loss, KL, clipped) per token; clipped counts tokens outside the clip range."""
     import mlx.core as mx
 
+    hi = clip_eps if clip_high is None else clip_high
     ratio = mx.exp(logp - old_logp)
     a = adv[:, None]
-    pg = -mx.minimum(ratio * a, mx.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * a)
+    pg = -mx.minimum(ratio * a, mx.clip(ratio, 1.0 - clip_eps, 1.0 + hi) * a)
     d = ref_logp - logp
     kl = mx.expm1(d) - d  # k3 = e^d - d - 1, without float32 cancellation near d = 0
-    clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps)).astype(mx.float32)
+    if kl_ratio_correction:
+        kl = mx.stop_gradient(ratio) * kl
+    clipped = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + hi)).astype(mx.float32)
     return (pg + beta * kl) * mask, kl * mask, clipped * mask
+
+
+def binding_clips(ratio, adv, lo, hi):
+    """Tokens where the clip binds: the clipped term is the smaller one, so the token gets no
+    policy gradient (ratio above 1 + hi with A > 0, or below 1 - lo with A < 0)."""
+    a = adv[:, None]
+    return ((ratio > 1.0 + hi) & (a > 0)) | ((ratio < 1.0 - lo) & (a < 0))
+
+
+# ----------------------------------------------------------------------------
+# The training loop: rollout -> score -> advantages -> update, customised by passing functions
+
+
+@dataclass
+class Group:
+    """One prompt and its G sampled completions; each stage of a step fills in its part."""
+
+    query: str
+    prompt: list  # prompt token ids
+    completions: list  # G lists of completion token ids (the end token included when finished)
+    finished: list  # per completion: ended with an end token (False: cut at max_completion_tokens)
+    texts: list = field(default_factory=list)  # decoded completions, end tokens removed
+    rewards: Any = None  # (G,) numpy
+    valid: list = field(default_factory=list)  # per completion: format-valid
+    advantages: Any = None  # (G,) numpy; all zero: the group carries no signal and is not trained on
+    tokens: Any = None  # (G, C) right-padded mx.array of completion tokens
+    mask: Any = None  # (G, C) 1.0 where a real completion token is trained on
+    old_logp: Any = None  # (G, C) log-probs under the rollout policy (set by the first update)
+    ref_logp: Any = None  # (G, C) log-probs under the reference (SFT) policy
+
+    @property
+    def trains(self) -> bool:
+        import numpy as np
+
+        return self.advantages is not None and bool(np.any(self.advantages != 0))
+
+
+def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn=None, objective=None, callback=None, start=0):
+    """GRPO from step `start` to args["steps"]; returns the last step completed.
+
+    prompts: the training queries; args: the run's (checked) config; reward_fn(query, text,
+    truncated=) -> (reward, format-valid), default reward.py's (default_scorer);
+    objective(logp, old_logp, group, batch, args) -> (loss, stats) is the loss of one group, default
+    OBJECTIVES[args["loss_type"]]; callback.on_step(step, groups, stats) logs, evaluates and saves,
+    callback.should_stop() ends the run between steps (Ctrl-C, drift guard). The tokenizer renders
+    prompts and decodes completions for the reward.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    reward_fn = reward_fn or default_scorer
+    objective = objective or OBJECTIVES[args["loss_type"]]
+    callback = callback or Callback()
+
+    def group_loss(model, group, batch):
+        logp = completion_logprobs(model, group.prompt, group.tokens)
+        old = group.old_logp if group.old_logp is not None else mx.stop_gradient(logp)
+        loss, stats = objective(logp, old, group, batch, args)
+        return loss, (stats, old)
+
+    loss_and_grad = nn.value_and_grad(model, group_loss)
+    step = start
+    while step < args["steps"] and not callback.should_stop():
+        t0 = time.perf_counter()
+        mx.random.seed(args["seed"] * 100003 + step)
+        groups = rollout(model, tokenizer, prompts_for_step(prompts, step, args["batch_size"], args["seed"]), args)
+        t_roll = time.perf_counter() - t0
+        score(groups, reward_fn)
+        compute_advantages(groups, args)
+        try:
+            stats = update(model, optimizer, [g for g in groups if g.trains], args, loss_and_grad)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"{exc} at step {step + 1}") from None
+        step += 1
+        stats.update(rollout_s=t_roll, step_s=time.perf_counter() - t0)
+        callback.on_step(step, groups, stats)
+    return step
+
+
+class Callback:
+    """The loop's hooks; the default does nothing and never stops."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def on_step(self, step, groups, stats) -> None:
+        pass
+
+
+def rollout(model, tokenizer, queries, args) -> list:
+    """G sampled completions for each query, all B x G decoded together (decode.py)."""
+    from prompt import prompt_ids
+
+    prompts = [prompt_ids(tokenizer, q) for q in queries]
+    samples = decode.generate(
+        model,
+        prompts,
+        n=args["group_size"],
+        max_tokens=args["max_completion_tokens"],
+        stop_ids=tokenizer.eos_token_ids,
+        temp=args["temperature"],
+        top_p=args["top_p"],
+        top_k=args["top_k"],
+    )
+    eos = set(tokenizer.eos_token_ids)
+    return [
+        Group(
+            query=q,
+            prompt=p,
+            completions=[s.tokens for s in group],
+            finished=[s.finished for s in group],
+            texts=[tokenizer.decode([t for t in s.tokens if t not in eos]) for s in group],
+        )
+        for q, p, group in zip(queries, prompts, samples)
+    ]
+
+
+def score(groups, reward_fn) -> None:
+    """Every completion's reward and format validity; a completion cut at the cap is scored as truncated."""
+    import numpy as np
+
+    for g in groups:
+        scored = [reward_fn(g.query, t, truncated=not f) for t, f in zip(g.texts, g.finished)]
+        g.rewards = np.array([r for r, _ in scored], dtype=np.float64)
+        g.valid = [ok for _, ok in scored]
+
+
+def compute_advantages(groups, args) -> None:
+    import numpy as np
+
+    scale = reward_scaling(args)
+    batch_std = float(np.concatenate([g.rewards for g in groups]).std())
+    for g in groups:
+        g.advantages = group_advantages(g.rewards, scale=scale, batch_std=batch_std, min_std=args["min_group_std"])
+
+
+def update(model, optimizer, groups, args, loss_and_grad) -> dict:
+    """`updates_per_batch` optimizer steps on the groups that carry signal; the stats of the last one.
+
+    The reference log-probs come first (GRPO LoRA off, no gradients). The rollout policy's log-probs
+    ("old") are not a separate pass: the first update runs with the rollout weights, so its own
+    forward pass provides them and later updates reuse them.
+    """
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    masking = args["mask_truncated_completions"]
+    for g in groups:
+        g.tokens, g.mask = group_batch(g.completions)
+        if masking and not all(g.finished):
+            g.mask = g.mask * mx.array(g.finished, dtype=mx.float32)[:, None]
+        with lora_off(model):
+            g.ref_logp = completion_logprobs(model, g.prompt, g.tokens)
+        mx.eval(g.ref_logp)
+        g.old_logp = None
+    kept = [(c, f) for g in groups for c, f in zip(g.completions, g.finished) if f or not masking]
+    batch = {
+        "tokens": sum(len(c) for c, _ in kept),  # completion tokens trained on
+        "sequences": len(kept),
+        "budget": args["batch_size"] * args["group_size"] * args["max_completion_tokens"],
+    }
+    stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "binding": 0.0, "grad_norm": 0.0, "tokens": batch["tokens"]}
+    for _ in range(args["updates_per_batch"] if batch["tokens"] else 0):
+        grads, loss_sum, kl_sum, clip_sum, bind_sum = None, 0.0, 0.0, 0.0, 0.0
+        for g in groups:
+            (loss, (gstats, old)), grad = loss_and_grad(model, g, batch)
+            g.old_logp = old
+            grads = grad if grads is None else _tree_add(grads, grad)
+            mx.eval(grads, loss, gstats, old)
+            loss_sum += loss.item()
+            kl_sum += gstats["kl"].item()
+            clip_sum += gstats["clipped"].item()
+            bind_sum += gstats.get("binding", mx.array(0.0)).item()
+        if not math.isfinite(loss_sum):
+            raise TrainingDiverged(f"loss is {loss_sum}")
+        grads, norm = optim.clip_grad_norm(grads, args["max_grad_norm"])
+        optimizer.update(model, grads)
+        mx.eval(model.trainable_parameters(), optimizer.state)
+        stats.update(loss=loss_sum, kl=kl_sum, clipped=clip_sum, binding=bind_sum, grad_norm=norm.item())
+    return stats
+
+
+def grpo_objective(logp, old, group, batch, args):
+    """grpo, dr_grpo and dapo: the clipped token-level loss + beta * KL, summed over this group's
+    tokens and divided by the batch's normaliser, so the groups' losses add up to the batch loss:
+    its completion-token count (grpo, dapo) or the constant B x G x max_completion_tokens (dr_grpo)."""
+    import mlx.core as mx
+
+    lo, hi = clip_range(args)
+    adv = mx.array(group.advantages, dtype=mx.float32)
+    per_tok, kl, clipped = grpo_token_loss(
+        logp, old, group.ref_logp, adv, group.mask, args["beta"], lo, hi, args["kl_ratio_correction"]
+    )
+    binding = binding_clips(mx.exp(logp - old), adv, lo, hi) * group.mask
+    stats = {
+        "kl": mx.stop_gradient(kl.sum()),
+        "clipped": mx.stop_gradient(clipped.sum()),
+        "binding": mx.stop_gradient(binding.sum()),
+    }
+    norm = batch["budget"] if args["loss_type"] == "dr_grpo" else batch["tokens"]
+    return per_tok.sum() / norm, stats
+
+
+def gspo_objective(logp, old, group, batch, args):
+    """gspo: one importance ratio per completion, s = exp(mean over its tokens of logp - logp_rollout),
+    clipped at the sequence level; loss per completion -min(s A, clip(s) A) + beta * its mean token
+    KL, averaged over the batch's completions. GSPO's clip range is far narrower than PPO's (its
+    paper: 3e-4 / 4e-4): set clip_eps and epsilon_high accordingly."""
+    import mlx.core as mx
+
+    lo, hi = clip_range(args)
+    mask = group.mask
+    adv = mx.array(group.advantages, dtype=mx.float32)
+    lens = mask.sum(axis=1)
+    n = mx.maximum(lens, 1.0)
+    s = mx.exp(((logp - old) * mask).sum(axis=1) / n)
+    pg = -mx.minimum(s * adv, mx.clip(s, 1.0 - lo, 1.0 + hi) * adv)
+    d = group.ref_logp - logp
+    kl = mx.expm1(d) - d
+    if args["kl_ratio_correction"]:
+        kl = mx.stop_gradient(mx.exp(logp - old)) * kl
+    kl_seq = (kl * mask).sum(axis=1) / n
+    live = (lens > 0).astype(mx.float32)
+    loss = ((pg + args["beta"] * kl_seq) * live).sum() / batch["sequences"]
+    out = ((s < 1.0 - lo) | (s > 1.0 + hi)).astype(mx.float32)
+    bind = (((s > 1.0 + hi) & (adv > 0)) | ((s < 1.0 - lo) & (adv < 0))).astype(mx.float32)
+    stats = {
+        "kl": mx.stop_gradient((kl * mask).sum()),
+        "clipped": mx.stop_gradient((out * lens).sum()),  # in tokens, as for the token-level losses
+        "binding": mx.stop_gradient((bind * lens).sum()),
+    }
+    return loss, stats
+
+
+OBJECTIVES = {"grpo": grpo_objective, "dr_grpo": grpo_objective, "dapo": grpo_objective, "gspo": gspo_objective}
+
+
+# A group whose reward std is below this is a near-tie: reward.py sums many small shaped terms, so
+# completions of equal quality differ by a few hundredths, and std scaling turns that noise into
+# full-size advantages. Its share is logged every step (low_std_groups); min_group_std drops them.
+LOW_STD = 0.05
+
+
+def step_record(step, groups, stats, peak_memory_gb, learning_rate) -> dict:
+    """The step's line of metrics.jsonl."""
+    import numpy as np
+
+    rewards = np.concatenate([g.rewards for g in groups])
+    lengths = [len(c) for g in groups for c in g.completions]
+    n_tokens = stats["tokens"]
+    return {
+        "step": step,
+        "reward_mean": round(float(np.mean(rewards)), 4),
+        "reward_std": round(float(np.std(rewards)), 4),
+        "format_valid": round(float(np.mean([v for g in groups for v in g.valid])), 4),
+        "zero_variance_groups": round(1 - sum(g.trains for g in groups) / len(groups), 3),
+        "kl": round(stats["kl"] / max(n_tokens, 1), 6),
+        "clip_ratio": round(stats["clipped"] / max(n_tokens, 1), 4),
+        "clip_binding": round(stats["binding"] / max(n_tokens, 1), 4),  # tokens the clip took the gradient from
+        "low_std_groups": round(float(np.mean([g.rewards.std() < LOW_STD for g in groups])), 3),
+        "grad_norm": round(stats["grad_norm"], 6),
+        "loss": round(stats["loss"], 6),
+        "completion_len_mean": round(float(np.mean(lengths)), 1),
+        "completion_len_max": int(max(lengths)),
+        "truncated": round(float(np.mean([not f for g in groups for f in g.finished])), 3),
+        "tokens_per_sec": round(sum(lengths) / max(stats["rollout_s"], 1e-9), 1),
+        "rollout_s": round(stats["rollout_s"], 2),
+        "step_s": round(stats["step_s"], 2),
+        "peak_memory_gb": round(peak_memory_gb, 3),
+        "learning_rate": learning_rate,
+    }
 
 
 # ----------------------------------------------------------------------------
 # The run
 
 
-def load_prompts(cfg):
-    """(train queries for rollouts, held-out queries for evaluation) from the SFT data split."""
-    folder = Path(cfg["data"])
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    if (folder / "train.jsonl").exists():
-        train = data_mod.load_examples([folder / "train.jsonl"])
-        valid = data_mod.load_examples([folder / "valid.jsonl"]) if (folder / "valid.jsonl").exists() else []
-    elif files:
-        unique, _ = data_mod.dedupe(data_mod.load_examples(files))
-        train, valid = data_mod.split(unique, cfg["valid_fraction"], cfg["split_seed"])
-    else:
-        raise data_mod.DataError([f"{folder}: no *.jsonl files"])
+def sft_split(sft_adapter) -> dict:
+    """How the SFT run split its data: {data, valid_fraction, seed} from its adapter_config.json
+    (train.py records its whole config there). An adapter from elsewhere has none: the defaults."""
+    try:
+        recorded = json.loads((Path(sft_adapter) / "adapter_config.json").read_text()).get("train_config") or {}
+    except (OSError, json.JSONDecodeError):
+        recorded = {}
+    return {
+        "data": recorded.get("data"),
+        "valid_fraction": recorded.get("valid_fraction", 0.05),
+        "seed": recorded.get("seed", 0),
+        "recorded": "valid_fraction" in recorded and "seed" in recorded,
+    }
+
+
+def load_prompts(cfg, echo=print):
+    """(train queries for rollouts, held-out (query, category) pairs for evaluation): the SFT run's
+    own split (data.load_split with its folder, fraction and seed), so the held-out queries are
+    exactly SFT's validation queries and none of them was trained on."""
+    sft = sft_split(cfg["sft_adapter"])
+    folder = cfg["data"] or sft["data"] or "data"
+    if not sft["recorded"]:
+        echo(
+            f"warning: {cfg['sft_adapter']} does not record how its data was split; splitting {folder} with "
+            f"valid_fraction {sft['valid_fraction']}, seed {sft['seed']} - held-out queries may overlap its training data"
+        )
+    elif sft["data"] and Path(folder).resolve() != Path(sft["data"]).resolve():
+        echo(f"warning: --data {folder} is not the SFT run's data ({sft['data']}): split with its fraction and seed")
+    train, valid = data_mod.load_split(folder, sft["valid_fraction"], sft["seed"])
     return [e.query for e in train], [(e.query, e.category) for e in valid]
 
 
@@ -362,25 +689,19 @@ def prompts_for_step(queries, step, batch_size, seed):
     return out
 
 
-def save_adapter_folder(folder: Path, model, cfg, num_layers, params, extra=None):
+def save_adapter_folder(folder: Path, model, cfg, num_layers, extra=None):
     from mlx.utils import tree_flatten
 
     folder.mkdir(parents=True, exist_ok=True)
     runtime.save_safetensors_atomic(folder / "adapters.safetensors", dict(tree_flatten(model.trainable_parameters())))
-    runtime.atomic_write_json(folder / "adapter_config.json", adapter_config(cfg, num_layers, params, extra))
+    runtime.atomic_write_json(folder / "adapter_config.json", adapter_config(cfg, num_layers, extra))
 
 
-def adapter_config(cfg, num_layers, params, extra=None) -> dict:
+def adapter_config(cfg, num_layers, extra=None) -> dict:
     """mlx-lm's adapter keys, plus `parent_adapter` (the SFT adapter this LoRA sits on)."""
-    return {
-        "fine_tune_type": "lora",
-        "num_layers": num_layers,
-        "lora_parameters": params,
-        "base_model": cfg["model"],
-        "parent_adapter": str(Path(cfg["sft_adapter"]).resolve()),
-        "train_config": cfg,
-        **(extra or {}),
-    }
+    return runtime.adapter_config(
+        cfg, num_layers, {"parent_adapter": str(Path(cfg["sft_adapter"]).resolve()), **(extra or {})}
+    )
 
 
 def default_scorer(query: str, text: str, truncated: bool = False) -> tuple:
@@ -440,14 +761,8 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
 
 def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
-    import numpy as np
 
-    import eval as ev
-    from prompt import prompt_ids
-
-    pass_truncated = _takes_truncated(scorer)
     sft_cfg_file = Path(cfg["sft_adapter"]) / "adapter_config.json"
     if not sft_cfg_file.exists():
         raise runtime.ModelError(
@@ -455,39 +770,33 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         )
     if cfg["model"] is None:
         cfg = {**cfg, "model": json.loads(sft_cfg_file.read_text()).get("base_model")}
+    if cfg["data"] is None:
+        cfg = {**cfg, "data": sft_split(cfg["sft_adapter"])["data"] or "data"}
     out = Path(cfg["adapter_path"])
-    runtime.check_output_folder(out, run_inputs(cfg))
-    replaced.recover(echo)
-    runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
-    existing = runtime.latest_checkpoint(out) if out.exists() else None
-    if resume and existing and (out / "config.yaml").exists():
-        saved = runtime.load_config(out / "config.yaml", GRPO_DEFAULTS)
-        changed = [k for k in RESUME_KEYS if saved.get(k) != cfg.get(k)]
-        if changed:
-            raise runtime.ConfigError(
-                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
-            )
-    if existing and not resume and not overwrite:
-        raise runtime.ConfigError(
-            f"{out} already holds a run ({existing.name}). Use --resume to continue it, --overwrite to start "
-            "over (the old run is replaced once the new one has a checkpoint), or --adapter-path for a new folder."
-        )
+    existing = runtime.open_run_folder(
+        cfg,
+        run_inputs(cfg),
+        replaced,
+        resume,
+        overwrite,
+        lambda: runtime.load_config(out / "config.yaml", GRPO_DEFAULTS) if (out / "config.yaml").exists() else None,
+        RESUME_KEYS,
+        echo,
+    )
 
-    train_q, heldout = load_prompts(cfg)
+    train_q, heldout = load_prompts(cfg, echo)
     if len(train_q) < cfg["batch_size"]:
         raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
     heldout = heldout[: cfg["eval_queries"]]
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
     echo(f"loading {cfg['model']} + {cfg['sft_adapter']} ...")
     model, tokenizer, num_layers, params = build_policy(cfg)
-
     warmup = runtime.fit_warmup(
         cfg["warmup_steps"], cfg["steps"] * cfg["updates_per_batch"], "steps x updates_per_batch", echo
     )
 
     def lr_schedule(step):
-        w = warmup
-        return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(w, 1))
+        return mx.array(cfg["learning_rate"]) * mx.minimum(1.0, (mx.array(step) + 1) / max(warmup, 1))
 
     optimizer = optim.Adam(learning_rate=lr_schedule)
     start, best = 0, {"score": -1.0, "step": None}
@@ -498,24 +807,104 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     elif overwrite:
         replaced.move_aside()  # everything is checked and loaded: only now does the old run make way
     out.mkdir(parents=True, exist_ok=True)
-    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers, params))
+    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
     runtime.save_config(out, cfg)
     metrics = runtime.MetricsLog(out / "metrics.jsonl")
     metrics.truncate_after(start)
     metrics.log({"event": "start", "from_step": start, **runtime.environment()})
-    sampling = {"temp": cfg["temperature"], "top_p": cfg["top_p"], "top_k": cfg["top_k"]}
-    loss_and_grad = nn.value_and_grad(
-        model, lambda m, p, tokens, old, ref, adv, mask, n: _group_objective(m, p, tokens, old, ref, adv, mask, n, cfg)
-    )
     echo(
         f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | LoRA rank {cfg['rank']} on {params['keys']} | "
         f"{len(train_q)} prompts, {len(heldout)} held-out | B={cfg['batch_size']} G={cfg['group_size']} beta={cfg['beta']}"
     )
 
-    def evaluate_now(step):
-        result = ev.evaluate(model, tokenizer, heldout, cfg["eval_max_tokens"], batch_size=16)
+    run = RunCallback(cfg, model, tokenizer, optimizer, out, metrics, heldout, best, start, echo, replaced)
+    run.save_best = lambda extra: save_adapter_folder(out / "best", model, cfg, num_layers, extra)
+    run.lr_schedule = lr_schedule
+    reward_fn = scorer if _takes_truncated(scorer) else (lambda q, t, truncated=False: scorer(q, t))
+    with runtime.interruptible(echo, "step") as interrupted:
+        run.interrupted = interrupted
+        try:
+            if start == 0 and heldout:
+                echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
+                run.evaluate(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
+            step = train_grpo(
+                model, optimizer, train_q, cfg, tokenizer=tokenizer, reward_fn=reward_fn, callback=run, start=start
+            )
+        except TrainingDiverged as exc:
+            _plot(out, metrics)
+            raise TrainingDiverged(
+                f"{exc}: training stopped; the best adapter (step {best['step']}) is kept in {out / 'best'}"
+            ) from None
+
+    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+    replaced.commit()
+    _plot(out, metrics)
+    stopped_early = interrupted["flag"] and step < cfg["steps"] and not run.stop_reason
+    if run.stop_reason:
+        echo(run.stop_reason)
+    elif stopped_early:
+        echo(
+            f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
+        )
+    else:
+        echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - run.t_start)}")
+    if best["step"] is not None:
+        echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
+    return {"step": step, "best": best, "stopped": run.stop_reason, "interrupted": stopped_early}
+
+
+class RunCallback(Callback):
+    """What a run does after each step: the metrics line, the drift guard, held-out evaluation, checkpoints."""
+
+    def __init__(self, cfg, model, tokenizer, optimizer, out, metrics, heldout, best, start, echo, replaced):
+        self.cfg, self.model, self.tokenizer, self.optimizer = cfg, model, tokenizer, optimizer
+        self.out, self.metrics, self.heldout, self.best, self.start = out, metrics, heldout, best, start
+        self.echo, self.replaced = echo, replaced
+        self.formats = deque(maxlen=cfg["drift_window"])
+        self.stop_reason, self.interrupted = None, {"flag": False}
+        self.t_start = time.perf_counter()
+
+    def should_stop(self) -> bool:
+        return self.interrupted["flag"] or self.stop_reason is not None
+
+    def on_step(self, step, groups, stats) -> None:
+        import mlx.core as mx
+        import numpy as np
+
+        cfg = self.cfg
+        rec = step_record(step, groups, stats, mx.get_peak_memory() / 1e9, float(self.lr_schedule(step - 1)))
+        eta = (time.perf_counter() - self.t_start) / (step - self.start) * (cfg["steps"] - step)
+        rec["eta_s"] = round(eta, 1)
+        self.metrics.log(rec)
+        self.echo(
+            f"step {step:4d}/{cfg['steps']} | reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} | "
+            f"format {100 * rec['format_valid']:.0f}% | zero-var {100 * rec['zero_variance_groups']:.0f}% | "
+            f"kl {rec['kl']:.5f} | clip {100 * rec['clip_ratio']:.1f}% | len {rec['completion_len_mean']:.0f}/{rec['completion_len_max']} "
+            f"trunc {100 * rec['truncated']:.0f}% | {rec['tokens_per_sec']:.0f} tok/s | {rec['step_s']:.1f}s | "
+            f"{rec['peak_memory_gb']:.2f} GB | ETA {runtime.hms(eta)}"
+        )
+        self.formats.append(rec["format_valid"])
+        if len(self.formats) == self.formats.maxlen and np.mean(self.formats) < cfg["drift_min_format"]:
+            self.stop_reason = (
+                f"drift guard: format-valid rate over the last {len(self.formats)} steps is {100 * np.mean(self.formats):.0f}% "
+                f"(< {100 * cfg['drift_min_format']:.0f}%). Stopping; the best adapter is kept. Try a larger --beta or a lower --learning-rate."
+            )
+            return
+        if self.heldout and (step % cfg["eval_every"] == 0 or step == cfg["steps"]):
+            self.evaluate(step)
+        if step % cfg["save_every"] == 0 or step == cfg["steps"]:
+            runtime.save_checkpoint(
+                self.out, self.model, self.optimizer, step, cfg["keep_checkpoints"], {"best": self.best}
+            )
+            self.replaced.commit()
+            _plot(self.out, self.metrics)
+
+    def evaluate(self, step):
+        import eval as ev
+
+        result = ev.evaluate(self.model, self.tokenizer, self.heldout, self.cfg["eval_max_tokens"], batch_size=16)
         s = result["summary"]
-        metrics.log(
+        self.metrics.log(
             {
                 "step": step,
                 "eval_score": s["average"],
@@ -523,178 +912,15 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
                 "eval_issues": s["issues"],  # held-out outputs showing each breakage kind (reward.py)
             }
         )
-        improved = s["average"] > best["score"]
+        improved = s["average"] > self.best["score"]
         if improved:
-            best.update(score=s["average"], step=step)
-            save_adapter_folder(
-                out / "best", model, cfg, num_layers, params, {"heldout_score": s["average"], "step": step}
-            )
-        echo(
+            self.best.update(score=s["average"], step=step)
+            self.save_best({"heldout_score": s["average"], "step": step})
+        self.echo(
             f"step {step:4d} | held-out score {100 * s['average']:.1f}% | format-valid {100 * s['format_valid_rate']:.0f}%"
             + (" | new best" if improved else "")
         )
         return s
-
-    interrupted = {"flag": False}
-
-    def on_sigint(signum, frame):
-        if interrupted["flag"]:
-            raise KeyboardInterrupt
-        interrupted["flag"] = True
-        echo("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
-    formats = deque(maxlen=cfg["drift_window"])
-    t_start, step, stop_reason = time.perf_counter(), start, None
-    try:
-        if start == 0 and heldout:
-            echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
-            evaluate_now(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
-        while step < cfg["steps"] and not interrupted["flag"]:
-            t0 = time.perf_counter()
-            mx.random.seed(cfg["seed"] * 100003 + step)
-            queries = prompts_for_step(train_q, step, cfg["batch_size"], cfg["seed"])
-            prompts = [prompt_ids(tokenizer, q) for q in queries]
-            groups = decode.generate(
-                model,
-                prompts,
-                n=cfg["group_size"],
-                max_tokens=cfg["max_completion_tokens"],
-                stop_ids=tokenizer.eos_token_ids,
-                **sampling,
-            )
-            t_roll = time.perf_counter() - t0
-
-            # -- rewards and advantages
-            eos = set(tokenizer.eos_token_ids)
-            rewards, valid, lengths, truncated, work = [], [], [], [], []
-            for q, p, group in zip(queries, prompts, groups):
-                texts = [tokenizer.decode([t for t in s.tokens if t not in eos]) for s in group]
-                if pass_truncated:  # a rollout cut at the token cap is a failure
-                    scored = [scorer(q, t, truncated=not s.finished) for t, s in zip(texts, group)]
-                else:
-                    scored = [scorer(q, t) for t in texts]
-                r = [x for x, _ in scored]
-                rewards += r
-                valid += [ok for _, ok in scored]
-                lengths += [len(s.tokens) for s in group]
-                truncated += [not s.finished for s in group]
-                adv = group_advantages(r)
-                if np.any(adv != 0):
-                    work.append((p, [s.tokens for s in group], adv))
-            n_tokens = sum(sum(len(c) for c in comps) for _, comps, _ in work)
-
-            # -- reference log-probs (no gradients), then the updates. The rollout policy's log-probs
-            # ("old") are not a separate pass: the first update runs with the rollout weights, so its
-            # own forward pass provides them (old=None below) and later updates reuse them.
-            prepared = []
-            for p, comps, adv in work:
-                tokens, mask = group_batch(comps)
-                with lora_off(model):
-                    ref = completion_logprobs(model, p, tokens)
-                mx.eval(ref)
-                prepared.append([p, tokens, mask, None, ref, mx.array(adv, dtype=mx.float32)])
-            kl_sum = clip_sum = loss_sum = 0.0
-            for _ in range(cfg["updates_per_batch"] if prepared else 0):
-                grads, kl_sum, clip_sum, loss_sum = None, 0.0, 0.0, 0.0
-                for item in prepared:
-                    p, tokens, mask, old, ref, adv = item
-                    (loss, (kl, clipped, logp)), g = loss_and_grad(model, p, tokens, old, ref, adv, mask, n_tokens)
-                    if old is None:
-                        item[3] = logp
-                    grads = g if grads is None else _tree_add(grads, g)
-                    mx.eval(grads, loss, kl, clipped, item[3])
-                    loss_sum += loss.item()
-                    kl_sum += kl.item()
-                    clip_sum += clipped.item()
-                if not math.isfinite(loss_sum):
-                    raise TrainingDiverged(f"loss is {loss_sum} at step {step + 1}")
-                grads, _ = optim.clip_grad_norm(grads, cfg["max_grad_norm"])
-                optimizer.update(model, grads)
-                mx.eval(model.trainable_parameters(), optimizer.state)
-            step += 1
-
-            # -- report
-            dt = time.perf_counter() - t0
-            gen_tokens = sum(lengths)
-            rec = {
-                "step": step,
-                "reward_mean": round(float(np.mean(rewards)), 4),
-                "reward_std": round(float(np.std(rewards)), 4),
-                "format_valid": round(float(np.mean(valid)), 4),
-                "zero_variance_groups": round(1 - len(work) / len(groups), 3),
-                "kl": round(kl_sum / max(n_tokens, 1), 6),
-                "clip_ratio": round(clip_sum / max(n_tokens, 1), 4),
-                "loss": round(loss_sum, 6),
-                "completion_len_mean": round(float(np.mean(lengths)), 1),
-                "completion_len_max": int(max(lengths)),
-                "truncated": round(float(np.mean(truncated)), 3),
-                "tokens_per_sec": round(gen_tokens / max(t_roll, 1e-9), 1),
-                "rollout_s": round(t_roll, 2),
-                "step_s": round(dt, 2),
-                "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3),
-                "learning_rate": float(lr_schedule(step - 1)),
-            }
-            eta = (time.perf_counter() - t_start) / (step - start) * (cfg["steps"] - step)
-            rec["eta_s"] = round(eta, 1)
-            metrics.log(rec)
-            echo(
-                f"step {step:4d}/{cfg['steps']} | reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} | "
-                f"format {100 * rec['format_valid']:.0f}% | zero-var {100 * rec['zero_variance_groups']:.0f}% | "
-                f"kl {rec['kl']:.5f} | clip {100 * rec['clip_ratio']:.1f}% | len {rec['completion_len_mean']:.0f}/{rec['completion_len_max']} "
-                f"trunc {100 * rec['truncated']:.0f}% | {rec['tokens_per_sec']:.0f} tok/s | {dt:.1f}s | "
-                f"{rec['peak_memory_gb']:.2f} GB | ETA {runtime.hms(eta)}"
-            )
-
-            formats.append(rec["format_valid"])
-            if len(formats) == formats.maxlen and np.mean(formats) < cfg["drift_min_format"]:
-                stop_reason = (
-                    f"drift guard: format-valid rate over the last {len(formats)} steps is {100 * np.mean(formats):.0f}% "
-                    f"(< {100 * cfg['drift_min_format']:.0f}%). Stopping; the best adapter is kept. Try a larger --beta or a lower --learning-rate."
-                )
-                break
-            if heldout and (step % cfg["eval_every"] == 0 or step == cfg["steps"]):
-                evaluate_now(step)
-            if step % cfg["save_every"] == 0 or step == cfg["steps"]:
-                runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
-                replaced.commit()
-                _plot(out, metrics)
-    except TrainingDiverged as exc:
-        _plot(out, metrics)
-        raise TrainingDiverged(
-            f"{exc}: training stopped; the best adapter (step {best['step']}) is kept in {out / 'best'}"
-        ) from None
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-
-    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
-    replaced.commit()
-    _plot(out, metrics)
-    if stop_reason:
-        echo(stop_reason)
-    elif interrupted["flag"] and step < cfg["steps"]:
-        echo(
-            f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
-        )
-    else:
-        echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - t_start)}")
-    if best["step"] is not None:
-        echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
-    stopped_early = interrupted["flag"] and step < cfg["steps"] and not stop_reason
-    return {"step": step, "best": best, "stopped": stop_reason, "interrupted": stopped_early}
-
-
-def _group_objective(model, prompt, tokens, old, ref, adv, mask, n_tokens, cfg):
-    """This group's share of the batch loss, and (KL sum, clipped-token count, log-probs). With
-    old=None the weights are the rollout's, so old = the log-probs of this very pass (ratio 1)."""
-    import mlx.core as mx
-
-    logp = completion_logprobs(model, prompt, tokens)
-    if old is None:
-        old = mx.stop_gradient(logp)
-    per_tok, kl, clipped = grpo_token_loss(logp, old, ref, adv, mask, cfg["beta"], cfg["clip_eps"])
-    # this group's share of the batch mean over completion tokens
-    return per_tok.sum() / n_tokens, (mx.stop_gradient(kl.sum()), mx.stop_gradient(clipped.sum()), old)
 
 
 def _tree_add(a, b):
@@ -721,25 +947,44 @@ def _plot(out, metrics):
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(),
-    default=str(Path(__file__).parent / "configs" / "grpo.yaml"),
-    show_default="configs/grpo.yaml",
-    help="YAML config; flags below override it.",
-)
+@runtime.config_option("grpo.yaml")
 @click.option("--model", help="Base model (default: the SFT adapter's base model).")
 @click.option("--sft-adapter", help="SFT adapter folder the GRPO LoRA is trained on top of.")
 @click.option("--adapter-path", help="Output folder (adapters, checkpoints, best/, metrics, plot).")
-@click.option("--data", help="Training data folder (same as for SFT; its validation split is the held-out set).")
+@click.option(
+    "--data", help="Training data folder (default: the SFT run's; split as SFT split it, its validation part held out)."
+)
 @click.option("--steps", type=int, help="GRPO steps (rollout batches).")
 @click.option("--batch-size", type=int, help="Prompts per step (B).")
 @click.option("--group-size", type=int, help="Completions per prompt (G).")
 @click.option("--updates-per-batch", type=int, help="Optimizer steps per rollout batch (>= 1).")
 @click.option("--learning-rate", type=float, help="Adam learning rate.")
 @click.option("--beta", type=float, help="KL coefficient against the SFT reference (0 disables; drifts).")
-@click.option("--clip-eps", type=float, help="PPO clip range for the probability ratio.")
+@click.option(
+    "--clip-eps",
+    type=float,
+    help="PPO clip range for the probability ratio (below 1; above too unless --epsilon-high).",
+)
+@click.option("--epsilon-high", type=float, help="Clip range above 1 (default: --clip-eps; 0.28 for dapo).")
+@click.option(
+    "--loss-type", type=click.Choice(["grpo", "dr_grpo", "dapo", "gspo"]), help="Objective (see the module docstring)."
+)
+@click.option(
+    "--scale-rewards",
+    type=click.Choice(["group", "batch", "none"]),
+    help="Divide advantages by the group's or the batch's reward std, or not (default group; none for dr_grpo).",
+)
+@click.option("--min-group-std", type=float, help="Skip groups whose reward std is below this (0: only exact ties).")
+@click.option(
+    "--mask-truncated-completions/--no-mask-truncated-completions",
+    default=None,
+    help="Give completions cut at --max-completion-tokens no gradient.",
+)
+@click.option(
+    "--kl-ratio-correction/--no-kl-ratio-correction",
+    default=None,
+    help="Weight the KL estimate by the detached policy ratio on reused rollouts.",
+)
 @click.option("--rank", type=int, help="GRPO LoRA rank.")
 @click.option("--alpha", type=float, help="GRPO LoRA alpha (scale = alpha / rank).")
 @click.option("--temperature", type=float, help="Rollout sampling temperature.")
@@ -768,22 +1013,22 @@ def cli(config_path, resume, overwrite, eval_only, eval_adapter, queries, output
 
     --resume continues from the run's own config.yaml; flags may change only how long it trains and
     how often it evaluates and saves (and the learning rate and drift guard)."""
-    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
-    try:
+
+    def body():
         cfg = runtime.load_run_config(
-            config_path, given, GRPO_DEFAULTS, flags, resume and not eval_only, SAFE_RESUME_KEYS, schema=GRPO_SCHEMA
+            config_path,
+            runtime.config_given(),
+            GRPO_DEFAULTS,
+            flags,
+            resume and not eval_only,
+            SAFE_RESUME_KEYS,
+            schema=GRPO_SCHEMA,
         )
         if eval_only:
             return _eval_only(cfg, eval_adapter, queries, output, verbose)
-        result = run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
-    except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except TrainingDiverged as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    if result.get("interrupted"):
-        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
+        return run_grpo(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+
+    runtime.run_command(body, usage_errors=(data_mod.DataError,))
 
 
 def _eval_only(cfg, adapter, queries, output, verbose):

@@ -32,6 +32,12 @@ Decisions (and why):
   lists them in. A fixed order is easier for a small model to learn, and with hyde last a truncated
   generation still keeps its keyword and semantic lines.
 
+* **The output contract is a table**, ``OUTPUT_CONTRACT``: each line type, how many lines of it an
+  expansion has, what it feeds in QMD and what a teacher is told to write. QMD's grammar
+  (``QMD_GRAMMAR``) is generated from it and its run-time sampling constants sit beside it;
+  data.py's count checks, the teacher's instructions and convert.py's exports read them. Adding a
+  line type touches the table and reward.py's rules for it.
+
 This module imports no MLX: reward.py and the data tools use the parser without loading a model.
 """
 
@@ -48,7 +54,70 @@ SYSTEM_PROMPT = (
     "If a question does not make any sense, or is not factually coherent, explain why instead of answering "
     "something incorrectly. If you don't know the answer to a question, don't share false information."
 )
-LINE_TYPES = ("lex", "vec", "hyde")
+
+
+# ----------------------------------------------------------------------------
+# The output contract: what the model writes, and how QMD decodes it
+
+
+@dataclass(frozen=True)
+class LineType:
+    name: str  # the `name: ` prefix of the line
+    min_lines: int  # lines of this type in a good expansion
+    max_lines: int
+    feeds: str  # which of QMD's searches the line goes to
+    teach: str  # what a teacher model is told to write (teacher.py)
+
+
+# Characters of a good hyde passage (reward.py's hyde length rule, the teacher's instructions).
+HYDE_CHARS = (50, 200)
+
+OUTPUT_CONTRACT = (
+    LineType(
+        "lex",
+        1,
+        3,
+        'BM25 full-text search (QMD\'s lex syntax: terms ANDed, "phrase", -exclude)',
+        "a short keyword query for BM25 full-text search ({count}). Keep every name and key term of the query; "
+        'no filler such as "how to" or "information about". QMD\'s lex syntax may help: "exact phrase", -excluded.',
+    ),
+    LineType(
+        "vec",
+        1,
+        3,
+        "vector search (embedded)",
+        "a natural-language rephrasing for vector search ({count}): a full question or sentence with the query's intent.",
+    ),
+    LineType(
+        "hyde",
+        0,
+        1,
+        "vector search (a hypothetical passage, embedded)",
+        f"one passage of {HYDE_CHARS[0]}-{HYDE_CHARS[1]} characters that could appear in the note that answers "
+        "the query ({count}).",
+    ),
+)
+LINE_TYPES = tuple(t.name for t in OUTPUT_CONTRACT)
+CONTRACT = {t.name: t for t in OUTPUT_CONTRACT}
+
+
+def line_count_text(t: LineType) -> str:
+    """ "1-3 lines", "0-1 line": how many lines of a type, as the teacher is told."""
+    return f"{t.min_lines}-{t.max_lines} line" + ("s" if t.max_lines > 1 else "")
+
+
+def qmd_grammar(types=LINE_TYPES) -> str:
+    """QMD's GBNF for expansion: one or more `type: text` lines, each ended by a newline."""
+    alternatives = " | ".join(f'"{t}"' for t in types)
+    return f'root ::= line+\nline ::= type ": " content "\\n"\ntype ::= {alternatives}\ncontent ::= [^\\n]+\n'
+
+
+QMD_GRAMMAR = qmd_grammar()
+# QMD 2.8.3's sampling and limits for expansion (dist/llm.js): the Modelfile and `eval.py --gguf` use them.
+QMD_SAMPLING = {"temp": 0.7, "top_k": 20, "top_p": 0.8, "presence_penalty": 0.5}
+QMD_PENALTY_WINDOW = 64  # the presence penalty looks at the last 64 tokens
+QMD_MAX_TOKENS = 600
+QMD_CONTEXT = 2048
 _TYPE_RANK = {t: i for i, t in enumerate(LINE_TYPES)}
 
 # The template of the contract for ChatML models (see the module docstring). The system text lives in
@@ -220,11 +289,6 @@ def parse_output(text: str) -> Parsed:
         else:
             p.empty.append(kind)
     return p
-
-
-def format_lines(lines) -> str:
-    """Inverse of the parser for valid lines: ``[(type, text)]`` -> ``type: text`` lines."""
-    return "\n".join(f"{kind}: {text}" for kind, text in lines)
 
 
 # ----------------------------------------------------------------------------

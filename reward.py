@@ -25,6 +25,7 @@ The rubric (the seeds' SCORING.md), in points:
                         further case of a kind already found
 
     max = 120, or 140 with a hyde line; score = clamp(total / max, 0, 1)
+    (line counts and the hyde length come from prompt.OUTPUT_CONTRACT and HYDE_CHARS)
     Excellent >= 0.80, Good >= 0.60, Acceptable >= 0.40, Poor >= 0.20, else Failed
 
 Hard failures score 0: empty output, a leaked chat-template token (<|im_end|>, ...), any non-blank
@@ -90,7 +91,11 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections import Counter
+from collections import (
+    Counter,
+    _count_elements,  # the C loop behind Counter.update
+    defaultdict,
+)
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import repeat
@@ -98,7 +103,12 @@ from typing import NamedTuple
 
 import click
 
-from prompt import parse_output, qmd_query_terms
+from prompt import CONTRACT, HYDE_CHARS, LINE_TYPES, parse_output, qmd_query_terms
+
+# The counts and lengths the rubric checks come from the output contract (prompt.OUTPUT_CONTRACT),
+# the same table the teacher's instructions and QMD's grammar are built from.
+MAX_LINES = {t: c.max_lines for t, c in CONTRACT.items()}  # lex 3, vec 3, hyde 1
+HYDE_MIN, HYDE_MAX = HYDE_CHARS  # 50, 200 characters
 
 # ----------------------------------------------------------------------------
 # Word lists
@@ -147,6 +157,7 @@ FILLER_LEADS = (
     "why ",
     "learn ",
 )
+_COMMON_WORDS = ("the", "a", "an", "is", "are", "to", "for", "of", "in", "and", "or")  # HYDE_STOPWORDS, English
 HYDE_STOPWORDS = frozenset("the a an is are to for of in and or".split()) | FOREIGN_FUNCTION_WORDS
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -158,6 +169,7 @@ _NONLATIN_RE = re.compile(f"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0df
 _STRIP = ".,!?:;()[]{}\"'`“”‘’«»"
 _ENTITY_CHARS = frozenset(".+#@_")
 _GENERIC_RE = re.compile("|".join(map(re.escape, GENERIC_LEX_PHRASES)))
+_LINE_TYPE_SET = frozenset(LINE_TYPES)
 _PARTS_RE = re.compile(r"[^\W_]+")
 _AZ09_RE = re.compile(r"[a-z0-9]")
 
@@ -249,7 +261,8 @@ def analyze_query(query: str) -> QueryInfo:
         n_letters = sum(1 for c in query if c.isalpha())
         nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
     key_terms = tuple(dict.fromkeys(key_terms))
-    norm = _norm(query)
+    qlow = query.lower()
+    norm = " ".join(qlow.split()).strip(_STRIP + " ")  # _norm(query)
     return QueryInfo(
         norm=norm,
         norm_words=len(norm.split()),
@@ -259,7 +272,7 @@ def analyze_query(query: str) -> QueryInfo:
         key_terms=key_terms,
         qmd_terms=qmd_query_terms(query),
         nonlatin=nonlatin,
-        low=query.lower(),
+        low=qlow,
         words=tuple(low_words),
         word_set=frozenset(low_words),
         topic=tuple(dict.fromkeys(topic)),
@@ -319,7 +332,7 @@ FILLER_WORDS = frozenset(
 )
 # Placeholders and template text: an unfilled template slot ({query}, [KEYWORDS], <insert ...>), lorem
 # ipsum, the prompt's own words for the line types, a to-do marker as a whole line or its last word (not
-# org-mode's TODO keyword). Each pattern runs only on lines holding one of its trigger characters or words.
+# org-mode's TODO keyword). The patterns run only on lines holding a trigger character or word.
 _SLOT = r"(?:query|keywords?|topic|terms?|subject|entity|placeholder|search[ _]?(?:query|terms?)|user[ _]?query)"
 _SLOT_RE = re.compile(
     rf"\{{\{{?\s*{_SLOT}\s*\}}\}}?|\[\s*(?:{_SLOT}|insert\b[^\]]*|your\b[^\]]*)\s*\]|<\s*(?:{_SLOT}|insert\b[^>]*|your\b[^>]*)\s*>"
@@ -333,23 +346,29 @@ _PHRASE_TRIGGERS = frozenset(
     "query insert".split()
 )
 _MARKERS = ("TODO", "TBD", "FIXME", "XXX")
+# words of a line (lower case; hyde: punctuation stripped) that call for the placeholder patterns
+_PLACE_WORDS = _PHRASE_TRIGGERS | frozenset(
+    ["todo", "todo:", "tbd", "tbd:", "fixme", "fixme:", "xxx", "xxx:", "...", "…", ""]
+)
 # Numbers, versions and codes in a lex line: 3.10, 27, 100w, v2.3, PEP-9921, CVE-2014-0160
 _NUMBER_RE = re.compile(r"v?\d+(?:[.,:]\d+)*[a-z%]{0,3}|[a-z]{2,}-\d+(?:-\d+)*")
-_DIGIT_RE = re.compile(r"\d")
+_DIGIT_RE = re.compile(r"[0-9]")  # ASCII digits: a cheap gate (\d looks up each character)
 _WORD_RE = re.compile(r"[^\W\d_]{3,}")  # letters only (any script), 3+: the units of relatedness
 _CHAIN_SEPS = ("-", "_", ".")
 
 
 @lru_cache(maxsize=1)
 def _lexicon() -> dict:
-    """Which training examples each word (5-letter prefix) or number occurs in: {key: set of ids}.
+    """Which training examples each word (5-letter prefix) or number occurs in: {key: bit mask, bit i
+    set when example i has it}. Ints, not sets: one AND tests co-occurrence, and the garbage collector
+    has nothing to traverse.
 
     Built once from data/*.jsonl beside this file (empty without it). Two rules need it to tell a
     related term from an unrelated one without a language model: two words are related when some
     hand-written example uses both."""
     from pathlib import Path
 
-    lex, i = {}, 0
+    ids, i = {}, 0
     for path in sorted((Path(__file__).resolve().parent / "data").glob("*.jsonl")):
         for raw in path.read_text(encoding="utf-8").splitlines():
             try:
@@ -358,9 +377,9 @@ def _lexicon() -> dict:
             except (ValueError, KeyError, TypeError):
                 continue
             for key in _keys(text.lower()):
-                lex.setdefault(key, set()).add(i)
+                ids.setdefault(key, []).append(i)
             i += 1
-    return lex
+    return {k: sum(1 << j for j in v) for k, v in ids.items()}
 
 
 def _keys(low: str) -> set:
@@ -372,15 +391,24 @@ def _keys(low: str) -> set:
 
 
 @lru_cache(maxsize=65536)
-def _query_ids(query_low: str) -> tuple:
-    """The lexicon's example sets for the query's words and numbers (unknown ones left out)."""
+def _query_mask(query_low: str) -> int:
+    """The examples that hold any of the query's words or numbers (0: the lexicon knows none of them)."""
     lex = _lexicon()
-    return tuple(lex[k] for k in _keys(query_low) if k in lex)
+    mask = 0
+    words = query_low.split()
+    if all(map(str.isalpha, words)):  # plain words (most queries): their keys without the regex
+        keys = {w[:5] for w in words if len(w) >= 3 and w not in STOPWORDS}
+    else:
+        keys = _keys(query_low)
+    for k in keys:
+        mask |= lex.get(k, 0)
+    return mask
 
 
-def _related(key: str, qids: tuple) -> bool:
-    ids = _lexicon().get(key)
-    return ids is not None and any(not ids.isdisjoint(q) for q in qids)
+def clear_query_caches() -> None:
+    """Forget every per-query analysis (benchmarks measure scoring with cold caches)."""
+    analyze_query.cache_clear()
+    _query_mask.cache_clear()
 
 
 def _chain_problem(tok: str):
@@ -508,7 +536,7 @@ def _chain(q: QueryInfo, words: list):
     """A hyphen/underscore/dot chain that repeats a part, or token soup (two doubled chains). None if neither."""
     doubles = []
     for w in words:
-        if "-" not in w and "_" not in w and "." not in w:
+        if w.isalnum():  # one C call rules out a plain word
             continue
         w = w.strip(_STRIP)
         if w in q.low:
@@ -521,47 +549,142 @@ def _chain(q: QueryInfo, words: list):
     return f"token soup: {' '.join(doubles)!r}" if len(doubles) >= 2 else None
 
 
-def _invented_number(q: QueryInfo, low: str, words: list, full_low: str):
+def _invented_number(q: QueryInfo, low: str, words: list, full_low: str, long=None, i: int = -1):
     """A number, version or code in a lex line that the query lacks, that no other line gives, and that no
-    training example has with the query's words. None if there is none (or the query is unknown)."""
-    qids = None
-    for w in map(str.strip, words, repeat(_STRIP)):
-        if w in q.low or not _NUMBER_RE.fullmatch(w) or full_low.count(w) > low.count(w):
-            continue  # the query's own number, or one another line gives too
-        qids = _query_ids(q.low) if qids is None else qids
-        if qids and not _related(w, qids):
+    training example has with the query's words. None if there is none (or the query is unknown).
+    `long`: a _LongOutput for a long output (then `i` is this line's index, and `full_low` unused)."""
+    for w in words:
+        if w.isalpha():  # one C call rules out a plain word
+            continue
+        w = w.strip(_STRIP)
+        if w in q.low or not _NUMBER_RE.fullmatch(w):
+            continue  # the query's own number
+        if long.elsewhere(w, i) if long is not None else full_low.count(w) > low.count(w):
+            continue  # one another line gives too
+        qmask = _query_mask(q.low)
+        if qmask and not _lexicon().get(w, 0) & qmask:
             return f"{w!r} in a lex line: not in the query, never seen with its words"
     return None
 
 
-def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str) -> list:
+def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str, long=None) -> list:
     """Words of a lex line that nothing ties to the query ("sqlite banana bicycle"): plain words that are
     not the query's, not in any other line of the output, and in no training example together with a
     query word or with a specific word (one in at most SPECIFIC_DF examples) of the output, nor with
     each other. `extra`: the line's words minus the query's and stop words. Exclusions (-word) are meant
-    to be unrelated and are left alone."""
+    to be unrelated and are left alone. `long`: a _LongOutput for a long output (`full_low` unused)."""
     qlow = q.low
     cands = []
     for w in extra:
         if not w.isalpha():
             if w[0] == "-" or not (w := w.strip(_STRIP)).isalpha():
                 continue  # an exclusion; numbers and code are not words
-        if len(w) >= 3 and full_low.count(w4 := w[:4]) == 1 and w4 not in qlow:
+        w4 = w[:4]
+        if len(w) >= 3 and (long.once(w4) if long is not None else full_low.count(w4) == 1) and w4 not in qlow:
             cands.append(w)  # not the query's, and no other line has it (nor this one twice)
     if len(cands) < 2:
         return []
-    qids = _query_ids(qlow)
-    if not qids:  # the query's words are unknown to the lexicon: no judgement possible
+    qmask = _query_mask(qlow)
+    if not qmask:  # the query's words are unknown to the lexicon: no judgement possible
         return []
     lex = _lexicon()
     # seen in the data, never with a query word
-    bad = [(w, ids) for w in cands if (ids := lex.get(w[:5])) and all(ids.isdisjoint(c) for c in qids)]
+    bad = [(w, m) for w in cands if (m := lex.get(w[:5], 0)) and not m & qmask]
     if len(bad) < 2:
         return []
     own = {w[:5] for w in cands}
-    specific = [s for k in _keys(full_low) - own if (s := lex.get(k)) is not None and len(s) <= SPECIFIC_DF]
-    bad = [(w, ids) for w, ids in bad if all(ids.isdisjoint(c) for c in specific)]
-    return [w for w, ids in bad if all(ids.isdisjoint(o) for v, o in bad if v != w)]
+    if long is not None:
+        specific = long.specific(own)
+    else:
+        specific = 0  # the examples holding a specific word of the output
+        for k in _keys(full_low) - own:
+            if (m := lex.get(k, 0)) and m.bit_count() <= SPECIFIC_DF:
+                specific |= m
+    bad = [(w, m) for w, m in bad if not m & specific]
+    return [w for w, m in bad if not any(m & o for v, o in bad if v != w)]
+
+
+LONG_OUTPUT = 24  # from this many lines on, an output's substring questions go through _LongOutput
+
+
+class _LongOutput:
+    """Questions about the whole output of a long file, answered without a scan of the output each.
+
+    For a few lines, str.count over the joined output is the fastest answer; for thousands of lines it
+    makes scoring quadratic (one scan per line). Here each line's distinct k-character substrings are
+    indexed once (k = 1..4, built when first asked), so a question costs a lookup and a look at one or
+    two lines. The answers are str.count's: the output is its lines joined by newlines and no question
+    holds a newline, so a count over the output is the sum of the counts over its lines."""
+
+    def __init__(self, lows: list):
+        self.lows = lows
+        self.grams = {}  # k -> {substring of k characters: indices of the lines holding it}
+        self.holders = {}  # text -> up to two indices of lines holding it
+        self.spec = None  # (key -> mask, OR of all masks, bit -> how many masks have it), built when asked
+
+    def _lines_with(self, t: str) -> list:
+        """Up to two lines (indices) that contain t."""
+        got = self.holders.get(t)
+        if got is None:
+            k = min(len(t), 4)
+            idx = self.grams.get(k)
+            if idx is None:
+                idx = self.grams[k] = defaultdict(list)
+                for j, low in enumerate(self.lows):
+                    for g in {low[p : p + k] for p in range(len(low) - k + 1)}:
+                        idx[g].append(j)
+            cands = idx.get(t[:k], ())
+            if len(t) <= 4:
+                got = list(cands[:2])
+            else:
+                got = []
+                for j in cands:
+                    if t in self.lows[j]:
+                        got.append(j)
+                        if len(got) == 2:
+                            break
+            self.holders[t] = got
+        return got
+
+    def once(self, t: str) -> bool:
+        """The same as full_low.count(t) == 1, for a non-empty t."""
+        got = self._lines_with(t)
+        return len(got) == 1 and self.lows[got[0]].count(t) == 1
+
+    def elsewhere(self, t: str, i: int) -> bool:
+        """Whether a line other than line i holds t: full_low.count(t) > lows[i].count(t)."""
+        return any(j != i for j in self._lines_with(t))
+
+    def specific(self, own: set) -> int:
+        """The OR of the lexicon masks of the output's keys outside `own` that are specific (in at most
+        SPECIFIC_DF examples). OR cannot be undone, so each bit counts the masks that have it: a bit
+        held only by masks of `own` keys is cleared."""
+        if self.spec is None:
+            lex, spec, every, holders = _lexicon(), {}, 0, {}
+            for k in _keys("\n".join(self.lows)):
+                if (m := lex.get(k, 0)) and m.bit_count() <= SPECIFIC_DF:
+                    spec[k] = m
+                    every |= m
+                    for b in _bits(m):
+                        holders[b] = holders.get(b, 0) + 1
+            self.spec = (spec, every, holders)
+        spec, every, holders = self.spec
+        mine = {}
+        for k in own:
+            if k in spec:
+                for b in _bits(spec[k]):
+                    mine[b] = mine.get(b, 0) + 1
+        for b, c in mine.items():
+            if holders[b] == c:
+                every &= ~(1 << b)
+        return every
+
+
+def _bits(m: int):
+    while m:
+        low = m & -m
+        yield low.bit_length() - 1
+        m ^= low
 
 
 def _off_topic(off: list, lows: list, on: list) -> set:
@@ -602,31 +725,10 @@ def _placeholder(q: QueryInfo, text: str, low: str, words: list):
     return None if hit.lower() in q.low else hit
 
 
-def _maybe_placeholder(full_low: str) -> bool:
-    """Whether any line may hold template text: one C-level scan per trigger over the whole output."""
-    return (
-        "{" in full_low
-        or "[" in full_low
-        or "<" in full_low
-        or "..." in full_low
-        or "…" in full_low
-        or "lorem" in full_low
-        or "hypothetical" in full_low
-        or "natural" in full_low
-        or "keyword" in full_low
-        or "query" in full_low
-        or "insert" in full_low
-        or "todo" in full_low
-        or "tbd" in full_low
-        or "fixme" in full_low
-        or "xxx" in full_low
-    )
-
-
-def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: Counter, top: int, found: list) -> None:
+def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, top: int, found: list) -> None:
     """A hyde line that loops (a word 4+ times, a 4-word phrase twice, a 3-word phrase three times) or that
-    is only the query's words shuffled. `words`: its lower-case words; `counts`: a Counter of them stripped,
-    `top` the largest count."""
+    is only the query's words shuffled. `words`: its lower-case words; `counts`: their counts, stripped;
+    `top`: the largest count (0: no loop possible, the caller checked)."""
     loop = None
     if top >= 4:
         loop = next(
@@ -636,10 +738,9 @@ def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: Counter, top: int,
         found.append(("looping hyde", f"{loop!r} {counts[loop]} times in hyde"))
     elif top >= 2 and len(words) - len(counts) >= 4:
         ts = [t for t in map(str.strip, words, repeat(_STRIP)) if t]
-        if (
-            len(set(zip(ts, ts[1:], ts[2:], ts[3:]))) < len(ts) - 3
-            or max(Counter(zip(ts, ts[1:], ts[2:])).values(), default=0) >= 3
-        ):
+        grams3 = {}
+        _count_elements(grams3, zip(ts, ts[1:], ts[2:]))
+        if len(set(zip(ts, ts[1:], ts[2:], ts[3:]))) < len(ts) - 3 or max(grams3.values(), default=0) >= 3:
             found.append(("looping hyde", "a phrase repeats in hyde"))
     if len(q.key_terms) >= 2 and len(counts) <= 2 * len(q.words) + 4 and not _CJK_RE.search(h):
         new = [w for w in counts if w and w not in STOPWORDS and w not in q.word_set]
@@ -659,7 +760,8 @@ def _plural_pair(diff: set) -> bool:
 
 def _near_duplicates(sets, min_diff: int) -> int:
     """Pairs of token sets that differ by fewer than `min_diff` tokens (or are equal), or by one word and
-    its plural ("expiry time" / "expiry times")."""
+    its plural ("expiry time" / "expiry times"). Every pair: the reference, and the faster choice for a
+    few lines (an output has at most 3 of each type unless it is broken)."""
     dups = 0
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
@@ -671,24 +773,140 @@ def _near_duplicates(sets, min_diff: int) -> int:
     return dups
 
 
+PAIRWISE_MAX = 12  # up to this many lines of a type, near-duplicates are counted pair by pair
+
+
+def _near_duplicates_fast(sets, min_diff: int) -> int:
+    """The count of _near_duplicates in time linear in the number of sets (times a line's words, squared
+    at worst), for users who point reward.py at a file of thousands of lines.
+
+    A pair counts when its symmetric difference has d < min_diff tokens, or d == 2 and the two are a word
+    and its plural. With min_diff <= 3 only d <= 2 matters, and such a pair is one of: equal sets (d=0);
+    V = U + {x} (d=1); a swap U = C + {a}, V = C + {b} (d=2, same size; the core C is unique to the pair);
+    V = U + {x, y} (d=2). Equal sets are counted by multiplicity, the other kinds by looking up what a
+    set becomes with one or two tokens removed. Lookups go through the sum of the tokens' hashes (an
+    int, no new set per removal) and every hit is confirmed on the sets themselves, so a hash collision
+    cannot change the count. Swaps are counted per core, as pairs within each core's group, so a thousand
+    lines that all differ in one word cost a thousand lookups, not half a million pairs."""
+    if min_diff not in (2, 3):  # the rubric's values; the reference handles any other
+        return _near_duplicates(sets, min_diff)
+    mult = {}
+    for s in sets:
+        f = frozenset(s)
+        mult[f] = mult.get(f, 0) + 1
+    dups = sum(m * (m - 1) // 2 for m in mult.values())
+    if len(mult) < 2:
+        return dups
+    uniq = list(mult)
+    hsum = [sum(map(hash, f)) for f in uniq]
+    by_key = {}  # (size, hash sum) -> indices into uniq
+    by_size = {}  # size -> indices into uniq
+    for u, f in enumerate(uniq):
+        by_key.setdefault((len(f), hsum[u]), []).append(u)
+        by_size.setdefault(len(f), []).append(u)
+
+    # d = 1: a set and itself plus one token
+    for v, V in enumerate(uniq):
+        k = len(V) - 1
+        if k in by_size:
+            hit = set()
+            for x in V:
+                for u in by_key.get((k, hsum[v] - hash(x)), ()):
+                    if u not in hit and uniq[u] < V:
+                        hit.add(u)
+                        dups += mult[uniq[u]] * mult[V]
+
+    # d = 2, a swap: group (set, removed token) by the core left, confirmed on the core itself
+    buckets = {}
+    for v, V in enumerate(uniq):
+        if len(by_size[len(V)]) >= 2:
+            for a in V:
+                buckets.setdefault((len(V), hsum[v] - hash(a)), []).append((v, a))
+    for entries in buckets.values():
+        if len(entries) < 2:
+            continue
+        groups = {}  # (the core, the removed token's stem when only plurals count) -> multiplicities
+        for v, a in entries:
+            key = (uniq[v] - {a}, _stem(a) if min_diff < 3 else None)
+            groups.setdefault(key, []).append(mult[uniq[v]])
+        for ms in groups.values():
+            if len(ms) > 1:
+                total = sum(ms)
+                dups += (total * total - sum(m * m for m in ms)) // 2
+
+    # d = 2, a set and itself plus two tokens (any two when min_diff is 3, else a word and its plural)
+    for v, V in enumerate(uniq):
+        k = len(V) - 2
+        if k not in by_size:
+            continue
+        hit = set()
+        if min_diff < 3:
+            stems = {}
+            for x in V:
+                stems.setdefault(_stem(x), []).append(x)
+            pairs = [p for p in stems.values() if len(p) == 2]
+        elif len(V) * (len(V) - 1) // 2 <= 4 * len(by_size[k]):
+            toks = list(V)
+            pairs = [(x, y) for i, x in enumerate(toks) for y in toks[i + 1 :]]
+        else:  # a long line: fewer sets of the right size than pairs of its tokens, test them directly
+            for u in by_size[k]:
+                if uniq[u] < V:
+                    dups += mult[uniq[u]] * mult[V]
+            continue
+        for x, y in pairs:
+            for u in by_key.get((k, hsum[v] - hash(x) - hash(y)), ()):
+                if u not in hit and uniq[u] < V:
+                    hit.add(u)
+                    dups += mult[uniq[u]] * mult[V]
+    return dups
+
+
 def _score(query: str, output, truncated: bool = False) -> Score:
     s = Score(query=query)
     ded = s.deductions
-    p = parse_output(output)
-    s.lines = p.lines
     if truncated:
+        s.lines = parse_output(output).lines
         s.hard_failure = "cut at the token cap: generation reached max_tokens without the end token"
         s.issues = ["truncated"]
         return s
-    if p.leaked:
-        s.hard_failure = f"chat-template token leaked: {p.leaked[0]}"
-        s.issues = ["leaked token"]
-        return s
-    if p.invalid:
-        s.hard_failure = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
-        s.issues = ["invalid line"]
-        return s
-    if not p.lines and not p.empty:
+    # The usual output (no template token, no <think>, valid lines) is parsed here, with each line's
+    # lower case and words, in one loop; anything else goes through prompt.parse_output, the reference.
+    plines, lows, words, empty, has_think = [], [], [], [], False
+    if isinstance(output, str) and "<|" not in output and "think>" not in output:
+        for raw in output.split("\n"):
+            line = raw.strip()
+            if not line:
+                continue
+            kind, colon, body = line.partition(":")
+            if not colon or kind not in _LINE_TYPE_SET:
+                plines = None  # an invalid line: the reference parser reports it
+                break
+            body = body.strip()
+            if body:
+                plines.append((kind, body))
+                low = body.lower()
+                lows.append(low)
+                words.append(low.split())
+            else:
+                empty.append(kind)
+    else:
+        plines = None
+    if plines is None:
+        p = parse_output(output)
+        s.lines = p.lines
+        if p.leaked:
+            s.hard_failure = f"chat-template token leaked: {p.leaked[0]}"
+            s.issues = ["leaked token"]
+            return s
+        if p.invalid:
+            s.hard_failure = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
+            s.issues = ["invalid line"]
+            return s
+        plines, empty, has_think = p.lines, p.empty, p.think
+        lows = [t.lower() for _, t in plines]
+        words = [x.split() for x in lows]
+    s.lines = plines
+    if not plines and not empty:
         s.hard_failure = "empty output"
         s.issues = ["empty output"]
         return s
@@ -696,11 +914,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     q = analyze_query(query)
     key_terms, plain = q.key_terms, q.plain
     found = []  # breakage: [(kind, detail)]
-    # Per line, once: lower case, words, whether it echoes the query, whether it mentions a key term.
-    plines = p.lines
     n = len(plines)
-    lows = [t.lower() for _, t in plines]
-    words = [x.split() for x in lows]
     # A line that only repeats the query adds nothing: it is penalised once (diversity) and then left
     # out of every other check, so echoing the query cannot earn entity or quality points. Only a line
     # with as many words as the query, or more with a punctuation-only word at an end, can be one.
@@ -730,23 +944,28 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             if not has_key[i] and plines[i][0] != "hyde" and not echo[i] and not _has_term(lows[i], topic)
         ]
         if off:
-            on = [i for i in range(n) if i not in off and (has_key[i] or _has_term(lows[i], topic))]
+            off_set = set(off)
+            on = [i for i in range(n) if i not in off_set and (has_key[i] or _has_term(lows[i], topic))]
             dropped = _off_topic(off, lows, on)
             for i in sorted(dropped):
                 found.append((f"off-topic {plines[i][0]}", f"{plines[i][1][:60]!r} shares no word with the query"))
-    full_low = "\n".join(lows)
-    if _maybe_placeholder(full_low):
-        for i in range(n):
-            hit = _placeholder(q, plines[i][1], lows[i], words[i])
-            if hit is not None:
-                found.append(("placeholder", f"template text {hit[:40]!r}"))
+    full_low = None  # the whole output in lower case, joined when a check needs it
+    long = _LongOutput(lows) if n >= LONG_OUTPUT else None  # a long file: no scan of it per line
+    for i in dropped:  # the lines checked below skip these
+        if (hit := _placeholder(q, plines[i][1], lows[i], words[i])) is not None:
+            found.append(("placeholder", f"template text {hit[:40]!r}"))
     wsets = [None] * n  # token sets of the lex/vec lines, for the near-duplicate check
+    lex_idx = []  # lex lines to check for unrelated words
     for i in range(n):
         k = plines[i][0]
         if k == "hyde" or echo[i] or i in dropped:
             continue
         w, low = words[i], lows[i]
         ws = wsets[i] = set(w)
+        if (not _PLACE_WORDS.isdisjoint(ws) or "{" in low or "[" in low or "<" in low) and (
+            hit := _placeholder(q, plines[i][1], low, w)
+        ) is not None:
+            found.append(("placeholder", f"template text {hit[:40]!r}"))
         dup = len(w) - len(ws)
         if dup and (k == "lex" or dup >= 2) and (why := _repeated_words(q, k, plines[i][1], w)):
             found.append(("repeated words", why))
@@ -761,23 +980,38 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         ):
             found.append(("token chain", why))
         if k == "lex":
-            if _DIGIT_RE.search(low) and (why := _invented_number(q, low, w, full_low)):
-                found.append(("invented number", why))
-            extra = ws - q.word_set - STOPWORDS
-            if len(extra) >= 2:
-                bad = _unrelated_words(q, low, extra, full_low)
-                if len(bad) >= 2:
-                    found.append(
-                        ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
-                    )
-                    dropped.add(i)
+            if _DIGIT_RE.search(low):
+                if long is None:
+                    full_low = full_low or "\n".join(lows)
+                if why := _invented_number(q, low, w, full_low, long, i):
+                    found.append(("invented number", why))
+            lex_idx.append(i)
+    # Unrelated lex words: only a lex line with 2+ words that no other line has (a set difference and
+    # one count per word first; _unrelated_words then checks them properly and asks the lexicon).
+    for i in lex_idx:
+        extra = wsets[i] - q.word_set - STOPWORDS
+        if len(extra) < 2:
+            continue
+        if long is not None:
+            once = sum(long.once(w[:4]) for w in extra)
+        else:
+            full_low = full_low or "\n".join(lows)
+            once = sum(full_low.count(w[:4]) == 1 for w in extra)
+        if once >= 2 and len(bad := _unrelated_words(q, lows[i], extra, full_low, long)) >= 2:
+            found.append(
+                ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
+            )
+            dropped.add(i)
     keep = [i for i in range(n) if i not in dropped] if dropped else range(n)
     L, V, H = [], [], []  # indices of the scored lex, vec and hyde lines
-    n_echo = n_lex = n_vec = 0
+    n_echo = n_lex = n_vec = lex_len = vec_len = 0
+    key_any = filler_led = vec_short = False  # a line has a key term; a lex line opens with filler; ...
+    lex_keys = True  # every lex line has a key term
     for i in keep:
-        k = plines[i][0]
+        k, t = plines[i]
         if k == "hyde":
             H.append(i)
+            key_any = key_any or has_key[i]
             continue
         if k == "lex":
             n_lex += 1
@@ -785,8 +1019,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             n_vec += 1
         if echo[i]:
             n_echo += 1
+        elif k == "lex":
+            L.append(i)
+            key_any = key_any or has_key[i]
+            lex_keys = lex_keys and has_key[i]
+            lex_len += len(t)
+            filler_led = filler_led or lows[i].startswith(FILLER_LEADS)
         else:
-            (L if k == "lex" else V).append(i)
+            V.append(i)
+            key_any = key_any or has_key[i]
+            vec_len += len(t)
+            vec_short = vec_short or (len(words[i]) if lows[i].isascii() else _word_count(t)) < 3
 
     # -- format (0..30)
     fmt = 0
@@ -799,13 +1042,13 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     else:
         ded.append(("format", 10, "no vec: line"))
     wellformed = 10
-    for kind in p.empty:
+    for kind in empty:
         wellformed -= 5
         ded.append(("format", 5, f"empty {kind}: line"))
     for kind, n in (("lex", n_lex), ("vec", n_vec)):
-        if n > 3:
+        if n > MAX_LINES[kind]:
             wellformed -= 5
-            ded.append(("format", 5, f"{n} {kind} lines (at most 3)"))
+            ded.append(("format", 5, f"{n} {kind} lines (at most {MAX_LINES[kind]})"))
     fmt += max(0, wellformed)
 
     # -- diversity (0..30)
@@ -825,13 +1068,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             diff = a ^ b
             dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
         elif len(idx) > 2:
-            dups = _near_duplicates([_dup_set(lows[i], wsets[i], plain) for i in idx], min_diff)
+            count = _near_duplicates if len(idx) <= PAIRWISE_MAX else _near_duplicates_fast
+            dups = count([_dup_set(lows[i], wsets[i], plain) for i in idx], min_diff)
         else:
             dups = 0
         div += max(0, 5 - 2 * dups)
         if dups:
             ded.append(("diversity", min(5, 2 * dups), f"{dups} near-duplicate {name} pair(s)"))
-            found.extend([("near-duplicate lines", f"{name} lines that differ by a word or a plural")] * dups)
+            # one case each (a long file can hold millions of pairs): past 7 the breakage cap is reached anyway
+            found.extend([("near-duplicate lines", f"{name} lines that differ by a word or a plural")] * min(dups, 9))
+            if dups > 9:
+                found.append(("near-duplicate lines", f"{dups - 9} more {name} pairs"))
     div += max(0, 5 - 5 * n_echo)
     if n_echo:
         ded.append(("diversity", 5, f"{n_echo} line(s) just repeat the query"))
@@ -839,9 +1086,21 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     # -- hyde (0..20, only when present)
     hyd = None
     for j, i in enumerate(H):
-        counts = Counter(map(str.strip, words[i], repeat(_STRIP)))  # counted in C
+        counts = {}  # word -> count, counted in C (Counter's own __init__ costs more than the counting)
+        _count_elements(counts, map(str.strip, words[i], repeat(_STRIP)))
+        low = lows[i]
+        if (not _PLACE_WORDS.isdisjoint(counts) or "{" in low or "[" in low or "<" in low) and (
+            hit := _placeholder(q, plines[i][1], low, words[i])
+        ) is not None:
+            found.append(("placeholder", f"template text {hit[:40]!r}"))
         top = max(counts.values())
-        _hyde_breakage(q, plines[i][1], words[i], counts, top, found)
+        # repeats beyond those of the commonest function words (counted in C): a loop needs 2+ of them
+        loop = 0  # what a loop needs: 3 repeats of one word (4 uses), or 4 repeated words
+        if top >= 4 or (top >= 2 and len(words[i]) - len(counts) >= 4):
+            # ... beyond those of the commonest function words (counted in C)
+            loop = len(words[i]) - len(counts) - sum(map(counts.get, _COMMON_WORDS, repeat(1))) + len(_COMMON_WORDS)
+        if loop >= 2 or len(counts) <= 2 * len(q.words) + 4:  # a loop repeats words, a shuffle has few
+            _hyde_breakage(q, plines[i][1], words[i], counts, top if loop >= 2 else 0, found)
         if j:
             continue
         n = len(plines[i][1])
@@ -850,17 +1109,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             hyd += 5
         else:
             ded.append(("hyde", 5, "hyde does not mention the query's key terms"))
-        if 50 <= n <= 200:
+        if HYDE_MIN <= n <= HYDE_MAX:
             hyd += 5
-        elif n < 50:
+        elif n < HYDE_MIN:
             hyd += 2
-            ded.append(("hyde", 3, f"hyde too short ({n} chars, want 50-200)"))
+            ded.append(("hyde", 3, f"hyde too short ({n} chars, want {HYDE_MIN}-{HYDE_MAX})"))
         else:
-            ded.append(("hyde", 5, f"hyde too long ({n} chars, want 50-200)"))
-        if len(H) == 1:
+            ded.append(("hyde", 5, f"hyde too long ({n} chars, want {HYDE_MIN}-{HYDE_MAX})"))
+        if len(H) <= MAX_LINES["hyde"]:
             hyd += 5
         else:
-            ded.append(("hyde", 5, f"{len(H)} hyde lines (at most 1)"))
+            ded.append(("hyde", 5, f"{len(H)} hyde lines (at most {MAX_LINES['hyde']})"))
         # words (punctuation stripped, stopwords aside) used 3+ times
         repeated = sum(1 for w, c in counts.items() if c >= 3 and w and w not in HYDE_STOPWORDS) if top >= 3 else 0
         hyd += max(0, 5 - 2 * repeated)
@@ -869,13 +1128,12 @@ def _score(query: str, output, truncated: bool = False) -> Score:
 
     # -- quality (0..20)
     qual = 0
-    if any(has_key[i] for i in L + V + H):
+    if key_any:
         qual += 5
     else:
         ded.append(("quality", 5, "no line mentions the query's key terms"))
     generic = [i for i in L if is_generic_lex(lows[i])]
-    filler_led = any(lows[i].startswith(FILLER_LEADS) for i in L)
-    if L and not generic and not filler_led and all(has_key[i] for i in L):
+    if L and not generic and not filler_led and lex_keys:
         qual += 5
     elif L:
         why = (
@@ -887,13 +1145,13 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         )
         ded.append(("quality", 5, why))
     if L and V:
-        if sum(len(plines[i][1]) for i in L) / len(L) <= sum(len(plines[i][1]) for i in V) / len(V):
+        if lex_len / len(L) <= vec_len / len(V):
             qual += 5
         else:
             qual += 3
             ded.append(("quality", 2, "lex lines longer than vec lines"))
     if V:
-        if all((len(words[i]) if lows[i].isascii() else _word_count(plines[i][1])) >= 3 for i in V):
+        if not vec_short:
             qual += 5
         else:
             qual += 3
@@ -909,7 +1167,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             has_ent = {i: any(map(lows[i].__contains__, ents)) for i in L + V}
         else:
             has_ent = {i: _has_term(lows[i], ents) for i in L + V}
-        kept = sum(1 for i in L if has_ent[i])
+        kept = sum(map(has_ent.__getitem__, L))
         what = "named entities" if q.named else "key terms"
         if kept == len(L):
             ent = 15
@@ -919,7 +1177,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         else:
             ent = -30
             ded.append(("entity", 45, f"no lex line keeps the query's {what}"))
-        vkept = sum(1 for i in V if has_ent[i])
+        vkept = sum(map(has_ent.__getitem__, V))
         if V and vkept == len(V):
             ent += 5
         elif vkept:
@@ -935,8 +1193,8 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     ent = max(-45, min(20, ent))
 
     # -- think bonus (0..20)
-    think = 0 if p.think else 20
-    if p.think:
+    think = 0 if has_think else 20
+    if has_think:
         ded.append(("think", 20, "output contains a <think> block"))
 
     # -- QMD survival (-20..0)
@@ -1189,31 +1447,27 @@ def score_cmd(path, min_score, quiet):
     {"query": ..., "text": "..."} (generated outputs). A record with "truncated": true (generation hit
     max_tokens without the end token) scores as a failure. The summary counts each breakage kind.
     """
-    scores, bad_lines, issues = [], 0, Counter()
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a UTF-8 BOM at the start is not part of the JSON
-        for lineno, raw in enumerate(f, 1):
-            raw = raw.lstrip("\ufeff")
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                click.echo(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-                bad_lines += 1
-                continue
-            query = rec.get("query") if isinstance(rec, dict) else None
-            text = _record_text(rec) if isinstance(rec, dict) else None
-            if not isinstance(query, str) or text is None:
-                click.echo(f'{path}:{lineno}: needs "query" and "output" (pairs) or "text"')
-                bad_lines += 1
-                continue
-            s = score(query, text, truncated=record_truncated(rec))
-            scores.append(s.reward)
-            issues.update(s.issues)
-            if not quiet or s.deductions or s.hard_failure:
-                click.echo(f"{path}:{lineno}: {s.reward:.2f} {s.rating:10} {query}")
-                if s.deductions or s.hard_failure:
-                    click.echo(explain(s))
+    from data import jsonl_records  # the project's one JSONL reader (data.py imports nothing of ours but prompt)
+
+    scores, issues = [], Counter()
+    records, problems = jsonl_records(path)
+    for problem in problems:
+        click.echo(problem)
+    bad_lines = len(problems)
+    for where, rec in records:
+        query = rec.get("query") if isinstance(rec, dict) else None
+        text = _record_text(rec) if isinstance(rec, dict) else None
+        if not isinstance(query, str) or text is None:
+            click.echo(f'{where}: needs "query" and "output" (pairs) or "text"')
+            bad_lines += 1
+            continue
+        s = score(query, text, truncated=record_truncated(rec))
+        scores.append(s.reward)
+        issues.update(s.issues)
+        if not quiet or s.deductions or s.hard_failure:
+            click.echo(f"{where}: {s.reward:.2f} {s.rating:10} {query}")
+            if s.deductions or s.hard_failure:
+                click.echo(explain(s))
     if scores:
         below = sum(1 for x in scores if x < 0.8)
         click.echo(

@@ -22,9 +22,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 # ----------------------------------------------------------------------------
@@ -267,6 +269,54 @@ def check_output_folder(out, inputs: dict, flag: str = "--adapter-path") -> None
         )
 
 
+@contextmanager
+def interruptible(echo=print, what: str = "step", flag: dict | None = None):
+    """Ctrl-C as a request: the first one sets flag["flag"] (the loop finishes its `what`, saves a
+    checkpoint and stops), a second one aborts at once. The old handler is put back on exit."""
+    flag = {"flag": False} if flag is None else flag
+
+    def on_sigint(signum, frame):
+        if flag["flag"]:
+            raise KeyboardInterrupt
+        flag["flag"] = True
+        echo(f"\ninterrupt: finishing this {what}, then saving a checkpoint (Ctrl-C again to abort)")
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+
+
+def open_run_folder(cfg, inputs: dict, replaced, resume: bool, overwrite: bool, saved_config, resume_keys, echo=print):
+    """The checks every run makes on its --adapter-path before it loads anything big; returns the
+    checkpoint to resume from (None: a fresh start).
+
+    The folder must not be, hold or lie inside an input (check_output_folder); an --overwrite cut
+    short is recovered and a killed run's partial writes removed; a folder holding a run needs
+    --resume or --overwrite; a --resume must keep `resume_keys` as `saved_config()` (the run's own
+    config, read only when there is a checkpoint) has them.
+    """
+    out = Path(cfg["adapter_path"])
+    check_output_folder(out, inputs)
+    replaced.recover(echo)
+    clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
+    existing = latest_checkpoint(out) if out.exists() else None
+    if existing and not resume and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({existing.name}). Use --resume to continue it, --overwrite to start "
+            "over (the old run is replaced once the new one has a checkpoint), or --adapter-path for a new folder."
+        )
+    if resume and existing:
+        saved = saved_config()
+        changed = [k for k in resume_keys if saved is not None and saved.get(k) != cfg.get(k)]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
+            )
+    return existing
+
+
 class ReplacedRun:
     """--overwrite that keeps the old run until the new one has written its first checkpoint.
 
@@ -477,6 +527,55 @@ def load_config(path, defaults: dict, overrides: dict | None = None, schema: dic
     return check_config(cfg, schema, origins) if schema else cfg
 
 
+def config_option(name: str):
+    """The --config option of a training command: a YAML file in configs/ whose keys flags override."""
+    import click
+
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(),
+        default=str(Path(__file__).parent / "configs" / name),
+        show_default=f"configs/{name}",
+        help="YAML config; flags below override it.",
+    )
+
+
+def config_given() -> bool:
+    """Whether --config was given on the command line (its keys then count as explicit on --resume)."""
+    import click
+
+    source = click.get_current_context().get_parameter_source("config_path")
+    return source is not click.core.ParameterSource.DEFAULT
+
+
+def run_command(body, usage_errors=()):
+    """Run a command's body with the exit statuses scripts rely on: 2 for a usage error (ConfigError,
+    ModelError, `usage_errors`), 1 for a diverged run, 130 for a run stopped by Ctrl-C (as a shell
+    reports it), 0 otherwise. Each error is one `error: ...` line, no traceback; under mlx.launch it
+    names the rank, and a collective that failed because another rank died is exit status 1 too."""
+    import click
+
+    import distributed
+
+    try:
+        result = body()
+    except (ConfigError, ModelError, *usage_errors) as err:
+        click.echo(f"error: {distributed.rank_prefix()}{err}", err=True)
+        sys.exit(2)
+    except TrainingDiverged as err:
+        click.echo(f"error: {distributed.rank_prefix()}{err}", err=True)
+        sys.exit(1)
+    except RuntimeError as err:  # under mlx.launch: a collective failed because a peer died
+        if not distributed.lost_peer(err):
+            raise
+        click.echo(f"error: {distributed.rank_prefix()}{distributed.lost_peer_message(err)}", err=True)
+        sys.exit(1)
+    if isinstance(result, dict) and result.get("interrupted"):
+        sys.exit(130)
+    return result
+
+
 def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -546,6 +645,10 @@ def save_config(out_dir, cfg: dict, name: str = "config.yaml") -> Path:
 
 class ModelError(RuntimeError):
     pass
+
+
+class TrainingDiverged(RuntimeError):
+    """A NaN/inf loss: the run stops (exit status 1) and keeps its last good adapter."""
 
 
 def resolve_model(model: str) -> str:
@@ -682,6 +785,45 @@ def adapter_base_model(adapter_path) -> str:
     if not name:
         raise ModelError(f"{root}/adapter_config.json does not name its base model; pass --model")
     return str(name)
+
+
+def lora_parameters(cfg) -> dict:
+    """mlx-lm's `lora_parameters` from a run config (rank, alpha, dropout, lora_keys)."""
+    return {
+        "rank": cfg["rank"],
+        "scale": cfg["alpha"] / cfg["rank"],
+        "dropout": cfg["dropout"],
+        "keys": list(cfg["lora_keys"]),
+    }
+
+
+def add_lora(model, cfg, what: str = "LoRA") -> tuple:
+    """Freeze `model` and put LoRA layers on cfg["lora_keys"] of its last cfg["num_layers"] blocks
+    (-1: all). Returns (num_layers, trainable parameter count); none created is a ModelError."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model.freeze()
+    n = len(model.layers)
+    num_layers = n if cfg["num_layers"] in (-1, None) else min(int(cfg["num_layers"]), n)
+    linear_to_lora_layers(model, num_layers, lora_parameters(cfg))
+    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    if n_trainable == 0:
+        raise ModelError(f"no {what} layers were created: none of {cfg['lora_keys']} exist in {cfg['model']}")
+    return num_layers, n_trainable
+
+
+def adapter_config(cfg, num_layers: int, extra: dict | None = None) -> dict:
+    """adapter_config.json: mlx-lm's keys (what mlx_lm.load reads) plus the run's resolved config and
+    `extra` (grpo.py: the parent adapter it sits on)."""
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": num_layers,
+        "lora_parameters": lora_parameters(cfg),
+        "base_model": cfg["model"],
+        **(extra or {}),
+        "train_config": cfg,
+    }
 
 
 def fuse_lora(model) -> None:
@@ -867,6 +1009,13 @@ def plot_metrics(records: list, panels: list, path, title: str = "") -> Path | N
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")

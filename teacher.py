@@ -44,7 +44,7 @@ import click
 
 import reward
 from data import DATA_DIR, EVAL_QUERIES, DataError, Example, check_example, normalize_query, read_jsonl, read_queries
-from prompt import parse_output, user_message
+from prompt import LINE_TYPES, OUTPUT_CONTRACT, line_count_text, parse_output, user_message
 from runtime import MetricsLog, atomic_write, hms
 
 DEFAULT_BASE_URL = "http://localhost:11434/v1"  # Ollama's OpenAI-compatible API
@@ -57,22 +57,27 @@ MAX_RETRY_AFTER = 60.0  # seconds; a server asking for a longer pause is not wai
 # ----------------------------------------------------------------------------
 # What the teacher is told
 
-EXPAND_SYSTEM = """\
+# What each line type is for, from the output contract (prompt.OUTPUT_CONTRACT).
+_CONTRACT_LINES = "\n".join(f"{t.name}: {t.teach.format(count=line_count_text(t))}" for t in OUTPUT_CONTRACT)
+_PREFIXES = ", ".join(f'"{t}: "' for t in LINE_TYPES[:-1]) + f' or "{LINE_TYPES[-1]}: "'
+
+EXPAND_SYSTEM = (
+    """\
 You expand search queries for QMD, a local search engine over a person's markdown notes and documents.
 QMD runs three kinds of search at once, and you write lines for each:
 
-lex: a short keyword query for BM25 full-text search (1-3 lines). Keep every name and key term of the query; \
-no filler such as "how to" or "information about". QMD's lex syntax may help: "exact phrase", -excluded.
-vec: a natural-language rephrasing for vector search (1-3 lines): a full question or sentence with the query's intent.
-hyde: one passage of 50-200 characters that could appear in the note that answers the query (0-1 line).
+"""
+    + _CONTRACT_LINES
+    + """
 
 Rules:
 - Keep the query's named entities (products, people, places, acronyms, versions) in every lex line and in the vec lines.
 - Every lex and vec line must share at least one word with the query; QMD drops lines that do not.
 - Every line says something new: do not repeat the query, do not write near-identical lines.
 - Write in the same language as the query.{language}
-- Answer with these lines only, each starting with "lex: ", "vec: " or "hyde: ". No numbering, no markdown, \
-no explanation.
+- Answer with these lines only, each starting with """
+    + _PREFIXES
+    + """. No numbering, no markdown, no explanation.
 
 Query: sqlite wal mode
 lex: sqlite wal journal_mode
@@ -88,6 +93,7 @@ lex: Kubernetes Pod neu starten rollout restart
 vec: wie startet man einen Kubernetes Pod neu, ohne das Deployment zu löschen
 vec: warum ein Kubernetes Pod ständig neu startet und wie man die Ursache findet
 hyde: Mit kubectl rollout restart deployment/web startet Kubernetes alle Pods des Deployments nacheinander neu."""
+)
 
 PROPOSE_SYSTEM = """\
 You write realistic search queries that people type into QMD, a local search engine over their own markdown \

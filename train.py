@@ -32,8 +32,6 @@ runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS 
 import json  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -113,8 +111,7 @@ assert SFT_SCHEMA.keys() == SFT_DEFAULTS.keys()
 PAD_MULTIPLE = 16
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+TrainingDiverged = runtime.TrainingDiverged
 
 
 # ----------------------------------------------------------------------------
@@ -122,20 +119,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def load_sft_data(cfg):
-    """(train examples, valid examples) from cfg["data"]; DataError on any malformed line."""
-    folder = Path(cfg["data"])
-    if folder.is_file():
-        raise data_mod.DataError([f"{folder}: --data must be a folder of *.jsonl files, not a file"])
-    if (folder / "train.jsonl").exists():
-        train, _ = data_mod.dedupe(data_mod.load_examples([folder / "train.jsonl"]))
-        valid_file = folder / "valid.jsonl"
-        valid = data_mod.load_examples([valid_file]) if valid_file.exists() else []
-        return train, valid
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    if not files:
-        raise data_mod.DataError([f"{folder}: no *.jsonl files (see data/README or `python data.py --help`)"])
-    unique, _ = data_mod.dedupe(data_mod.load_examples(files))
-    return data_mod.split(unique, cfg["valid_fraction"], cfg["seed"])
+    """(train examples, valid examples) from cfg["data"] (data.load_split); DataError on any malformed line."""
+    return data_mod.load_split(cfg["data"], cfg["valid_fraction"], cfg["seed"])
 
 
 def tokenize(examples, tokenizer, max_seq_length):
@@ -277,28 +262,13 @@ def completion_loss(model, batch, lengths, positions, shared: int = 0, norm=None
 
 
 def build_lora_model(cfg):
-    """Load the base model, freeze it and add LoRA layers. Returns (model, tokenizer, n_trainable)."""
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
+    """Load the base model, freeze it and add LoRA layers. Returns (model, tokenizer, num_layers, n_trainable)."""
     model, tokenizer = runtime.load_model(cfg["model"])
-    model.freeze()
-    n_layers = len(model.layers)
-    num_layers = n_layers if cfg["num_layers"] in (-1, None) else min(int(cfg["num_layers"]), n_layers)
-    linear_to_lora_layers(model, num_layers, lora_parameters(cfg))
-    n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    if n_trainable == 0:
-        raise runtime.ModelError(f"no LoRA layers were created: none of {cfg['lora_keys']} exist in {cfg['model']}")
+    num_layers, n_trainable = runtime.add_lora(model, cfg)
     return model, tokenizer, num_layers, n_trainable
 
 
-def lora_parameters(cfg) -> dict:
-    return {
-        "rank": cfg["rank"],
-        "scale": cfg["alpha"] / cfg["rank"],
-        "dropout": cfg["dropout"],
-        "keys": list(cfg["lora_keys"]),
-    }
+lora_parameters = runtime.lora_parameters
 
 
 def make_optimizer(cfg, echo=print):
@@ -323,13 +293,7 @@ def make_optimizer(cfg, echo=print):
 
 def adapter_config(cfg, num_layers) -> dict:
     """mlx-lm's adapter_config.json (what mlx_lm.load reads) plus our resolved training config."""
-    return {
-        "fine_tune_type": "lora",
-        "num_layers": num_layers,
-        "lora_parameters": lora_parameters(cfg),
-        "base_model": cfg["model"],
-        "train_config": cfg,
-    }
+    return runtime.adapter_config(cfg, num_layers)
 
 
 # Keys that must match for --resume to continue the same run (the rest may change, e.g. iters).
@@ -412,22 +376,16 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
     lead = world.lead  # only rank 0 reads and writes the run folder; the others get its decisions
     existing = None
     if lead:
-        runtime.check_output_folder(out, {"data folder": cfg["data"], "base model": cfg["model"]})
-        replaced.recover(echo)
-        runtime.clean_partial_writes(out)  # a run killed mid-write: its temp files and unfinished checkpoint
-        existing = runtime.latest_checkpoint(out) if out.exists() else None
-    if existing and not resume and not overwrite:
-        raise runtime.ConfigError(
-            f"{out} already holds a run ({existing.name}). Use --resume to continue it, "
-            "--overwrite to start over, or --adapter-path for a new folder."
+        existing = runtime.open_run_folder(
+            cfg,
+            {"data folder": cfg["data"], "base model": cfg["model"]},
+            replaced,
+            resume,
+            overwrite,
+            lambda: json.loads((out / "adapter_config.json").read_text())["train_config"],
+            RESUME_KEYS,
+            echo,
         )
-    if resume and existing:
-        saved = json.loads((out / "adapter_config.json").read_text())["train_config"]
-        changed = [k for k in RESUME_KEYS if saved.get(k) != cfg.get(k)]
-        if changed:
-            raise runtime.ConfigError(
-                f"cannot resume {out}: {', '.join(f'{k} was {saved.get(k)!r}, now {cfg.get(k)!r}' for k in changed)}"
-            )
 
     # Data first: a broken file fails in a second, before any model is loaded.
     echo(f"reading data from {cfg['data']} ...")
@@ -502,18 +460,12 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
     # cadence counts from the start of *this* process and validates before the last step, so after a
     # resume its lines read "step 24/25". Here every step number is absolute, and validation runs after
     # the update of steps that are multiples of steps_per_eval and after the last one.
-    interrupted = {"flag": False}
+    interrupted = {"flag": False}  # set by the first Ctrl-C (runtime.interruptible)
     counters = {"tokens": 0, "padded": 0, "batches": start}
     clock = {"t0": time.perf_counter(), "last": time.perf_counter(), "tokens": 0, "saved": start, "trained": 0}
     window = {"loss": 0.0, "n": 0}
     last_good = {"step": start}
     val_iterate = make_iterate_batches(cfg["seed"])  # no counters: validation is not training throughput
-
-    def on_sigint(signum, frame):
-        if interrupted["flag"]:
-            raise KeyboardInterrupt
-        interrupted["flag"] = True
-        echo("\ninterrupt: finishing this optimizer step, then saving a checkpoint (Ctrl-C again to abort)")
 
     def validate(step):
         from mlx_lm.tuner.trainer import evaluate
@@ -615,32 +567,31 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
 
     iterate = make_iterate_batches(cfg["seed"], start, stop, counters, cfg["grad_accumulation_steps"])
     make_console().quiet = True  # our progress line replaces mlx-lm's console UI
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
     model.train()
-    try:
-        if valid_set and start == 0:
-            validate(0)  # the untrained adapter's loss: the baseline of the curve
-        train(
-            model,
-            optimizer,
-            train_set,
-            None,  # validation is ours (absolute step numbers)
-            args,
-            loss=completion_loss,
-            iterate_batches=iterate,
-            training_callback=Callback(),
-        )
-    except TrainingDiverged as exc:
-        if lead:
-            _plot(out, metrics)
-        raise TrainingDiverged(
-            f"{exc}: training stopped. The last good adapter (step {last_good['step']}) is kept in {out}/adapters.safetensors. "
-            "Try a lower --learning-rate."
-        ) from None
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-        make_console().quiet = False
-        scratch.unlink(missing_ok=True)
+    with runtime.interruptible(echo, "optimizer step", interrupted):
+        try:
+            if valid_set and start == 0:
+                validate(0)  # the untrained adapter's loss: the baseline of the curve
+            train(
+                model,
+                optimizer,
+                train_set,
+                None,  # validation is ours (absolute step numbers)
+                args,
+                loss=completion_loss,
+                iterate_batches=iterate,
+                training_callback=Callback(),
+            )
+        except TrainingDiverged as exc:
+            if lead:
+                _plot(out, metrics)
+            raise TrainingDiverged(
+                f"{exc}: training stopped. The last good adapter (step {last_good['step']}) is kept in {out}/adapters.safetensors. "
+                "Try a lower --learning-rate."
+            ) from None
+        finally:
+            make_console().quiet = False
+            scratch.unlink(missing_ok=True)
 
     step = counters["batches"]
     if lead:
@@ -695,14 +646,7 @@ def cli():
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(),
-    default=str(Path(__file__).parent / "configs" / "sft.yaml"),
-    show_default="configs/sft.yaml",
-    help="YAML config; flags below override it.",
-)
+@runtime.config_option("sft.yaml")
 @click.option(
     "--model", help="Base model: Hub id (Qwen/Qwen3-1.7B), local MLX/HF folder, GGUF file, or pkg:PACKAGE/FILE.gguf."
 )
@@ -734,30 +678,14 @@ def sft(config_path, resume, overwrite, **flags):
 
     --resume continues from the run's own config.yaml; flags may change only how long it trains and
     how often it reports, evaluates and saves (and the learning rate)."""
-    given = click.get_current_context().get_parameter_source("config_path") is not click.core.ParameterSource.DEFAULT
-    try:
+
+    def body():
         cfg = runtime.load_run_config(
-            config_path, given, SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS, schema=SFT_SCHEMA
+            config_path, runtime.config_given(), SFT_DEFAULTS, flags, resume, SAFE_RESUME_KEYS, schema=SFT_SCHEMA
         )
-        result = run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
-    except (runtime.ConfigError, runtime.ModelError, data_mod.DataError) as err:
-        click.echo(f"error: {distributed.World().prefix()}{err}", err=True)
-        sys.exit(2)
-    except TrainingDiverged as err:
-        click.echo(f"error: {distributed.World().prefix()}{err}", err=True)
-        sys.exit(1)
-    except RuntimeError as err:
-        if not distributed.lost_peer(err):
-            raise
-        click.echo(
-            f"error: {distributed.World().prefix()}{err}: another rank stopped or the link between the machines "
-            "failed, so this one stops too. Its own error (if any) is above; the last checkpoint is in the run "
-            "folder on rank 0: start the same mlx.launch command with --resume to continue.",
-            err=True,
-        )
-        sys.exit(1)
-    if result.get("interrupted"):
-        sys.exit(130)  # as a shell reports a Ctrl-C'd command: scripts can tell it from a finished run
+        return run_sft(cfg, resume=resume, overwrite=overwrite, echo=click.echo)
+
+    runtime.run_command(body, usage_errors=(data_mod.DataError,))
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 
 import mlx.core as mx
 import numpy as np
@@ -344,3 +345,196 @@ def test_bad_grpo_values_are_refused_before_anything_loads(tmp_path):
     assert r.exit_code == 2 and "g.yaml: beta: -0.1 is not allowed; beta must be a number >= 0" in r.output
     r = CliRunner().invoke(grpo.cli, ["--group-size", "1", "--sft-adapter", str(tmp_path / "none")])
     assert r.exit_code == 2 and "--group-size 1: group_size must be an integer >= 2" in r.output
+
+
+def test_grpo_configs_hold_only_what_differs_from_the_defaults():
+    """configs/grpo.yaml used to repeat all of GRPO_DEFAULTS: a new key was written three times."""
+    import yaml
+
+    for name in ["grpo.yaml", "grpo-demo.yaml"]:
+        values = yaml.safe_load((runtime.Path(grpo.__file__).parent / "configs" / name).read_text()) or {}
+        same = [k for k, v in values.items() if grpo.GRPO_DEFAULTS[k] == v]
+        assert not same, (name, same)
+
+
+# ----------------------------------------------------------------------------
+# Objectives, each against a direct numpy computation
+
+
+def _np_k3(logp, ref):
+    d = ref - logp
+    return np.exp(d) - d - 1
+
+
+def _objective_case(seed=0):
+    rng = np.random.default_rng(seed)
+    G, C = 3, 5
+    logp = rng.normal(-2.0, 0.5, (G, C))
+    old = logp + rng.normal(0, 0.3, (G, C))  # a reused rollout: ratios away from 1, some clipped
+    ref = logp + rng.normal(0, 0.2, (G, C))
+    mask = np.ones((G, C))
+    mask[1, 3:] = 0
+    mask[2, 1:] = 0
+    adv = np.array([1.2, -0.7, 0.4])
+    group = grpo.Group(query="q", prompt=[1], completions=[[1] * C, [1] * 3, [1]], finished=[True] * 3)
+    group.advantages, group.ref_logp, group.mask = adv, mx.array(ref, mx.float32), mx.array(mask, mx.float32)
+    batch = {"tokens": 20, "sequences": 7, "budget": 2 * 4 * 8}
+    return logp, old, ref, mask, adv, group, batch
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("correction", [False, True])
+def test_token_level_objectives_match_numpy(loss_type, correction):
+    logp, old, ref, mask, adv, group, batch = _objective_case()
+    args = {
+        **grpo.GRPO_DEFAULTS,
+        "loss_type": loss_type,
+        "beta": 0.1,
+        "clip_eps": 0.2,
+        "kl_ratio_correction": correction,
+    }
+    lo, hi = 0.2, (0.28 if loss_type == "dapo" else 0.2)
+    loss, stats = grpo.OBJECTIVES[loss_type](mx.array(logp, mx.float32), mx.array(old, mx.float32), group, batch, args)
+    r = np.exp(logp - old)
+    a = adv[:, None]
+    pg = -np.minimum(r * a, np.clip(r, 1 - lo, 1 + hi) * a)
+    kl = _np_k3(logp, ref) * (r if correction else 1.0)
+    norm = batch["budget"] if loss_type == "dr_grpo" else batch["tokens"]
+    expected = ((pg + 0.1 * kl) * mask).sum() / norm
+    assert abs(loss.item() - expected) < 1e-5 * max(1, abs(expected))
+    assert abs(stats["kl"].item() - (kl * mask).sum()) < 1e-4
+    binding = (((r > 1 + hi) & (a > 0)) | ((r < 1 - lo) & (a < 0))) * mask
+    assert stats["binding"].item() == binding.sum() and binding.sum() > 0  # the case makes the clip bind
+
+
+@pytest.mark.parametrize("correction", [False, True])
+def test_gspo_objective_matches_numpy(correction):
+    logp, old, ref, mask, adv, group, batch = _objective_case(1)
+    lo, hi = 0.05, 0.08
+    args = {
+        **grpo.GRPO_DEFAULTS,
+        **{"loss_type": "gspo", "beta": 0.1, "clip_eps": lo, "epsilon_high": hi, "kl_ratio_correction": correction},
+    }
+    loss, stats = grpo.gspo_objective(mx.array(logp, mx.float32), mx.array(old, mx.float32), group, batch, args)
+    lens = mask.sum(1)
+    s = np.exp(((logp - old) * mask).sum(1) / lens)
+    pg = -np.minimum(s * adv, np.clip(s, 1 - lo, 1 + hi) * adv)
+    kl = _np_k3(logp, ref) * (np.exp(logp - old) if correction else 1.0)
+    expected = (pg + 0.1 * (kl * mask).sum(1) / lens).sum() / batch["sequences"]
+    assert abs(loss.item() - expected) < 1e-5 * max(1, abs(expected))
+    assert stats["clipped"].item() == (((s < 1 - lo) | (s > 1 + hi)) * lens).sum()
+
+
+def test_clipped_tokens_get_no_policy_gradient():
+    logp, old, ref, mask, adv, group, batch = _objective_case()
+    args = {**grpo.GRPO_DEFAULTS, "beta": 0.0}
+
+    def f(lp):
+        return grpo.grpo_objective(lp, mx.array(old, mx.float32), group, batch, args)[0]
+
+    g = np.array(mx.grad(f)(mx.array(logp, mx.float32)))
+    r, a = np.exp(logp - old), adv[:, None]
+    binding = (((r > 1.2) & (a > 0)) | ((r < 0.8) & (a < 0))) & (mask > 0)
+    assert binding.any() and np.all(g[binding] == 0)
+    assert np.all(g[~binding & (mask > 0)] != 0)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_reward_scaling_and_min_group_std_match_numpy(scale):
+    rewards = [np.array([0.1, 0.9, 0.5, 0.5]), np.array([0.50, 0.51, 0.50, 0.52]), np.array([0.3, 0.3, 0.3, 0.3])]
+    groups = [grpo.Group(query="q", prompt=[1], completions=[[1]] * 4, finished=[True] * 4, rewards=r) for r in rewards]
+    args = {**grpo.GRPO_DEFAULTS, "scale_rewards": scale, "min_group_std": 0.0}
+    grpo.compute_advantages(groups, args)
+    allr = np.concatenate(rewards)
+    for g, r in zip(groups, rewards):
+        if r.std() == 0:
+            expected = np.zeros(4)
+        else:
+            expected = {"group": (r - r.mean()) / (r.std() + 1e-4), "batch": (r - r.mean()) / (allr.std() + 1e-4)}.get(
+                scale, r - r.mean()
+            )
+        assert np.allclose(g.advantages, expected, atol=1e-12)
+    assert [g.trains for g in groups] == [True, True, False]
+    # the near-tie group (std 0.008) is dropped by min_group_std, the real spread is not
+    grpo.compute_advantages(groups, {**args, "min_group_std": 0.05})
+    assert [g.trains for g in groups] == [True, False, False]
+    assert grpo.reward_scaling({"scale_rewards": None, "loss_type": "dr_grpo"}) == "none"
+    assert grpo.reward_scaling({"scale_rewards": None, "loss_type": "grpo"}) == "group"
+
+
+def _one_step(sft_adapter, sharpen=1.0, **kw):
+    """One train_grpo step on the tiny model with a reward that varies within groups: (groups, stats,
+    LoRA weights before, after). `sharpen` scales the tied embedding: the random tiny model's logits
+    are nearly flat, and no learning rate moves a token's probability far from them."""
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten
+
+    cfg = policy_cfg(sft_adapter, steps=1, **kw)
+    mx.random.seed(0)
+    model, tok, _, _ = grpo.build_policy(cfg)
+    if sharpen != 1.0:
+        model.model.embed_tokens.weight = model.model.embed_tokens.weight * sharpen
+    before = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    seen = []
+
+    class Record(grpo.Callback):
+        def on_step(self, step, groups, stats):
+            seen.append((groups, stats))
+
+    grpo.train_grpo(
+        model,
+        optim.Adam(learning_rate=cfg["learning_rate"]),
+        [f"auth config {i}" for i in range(10)],
+        cfg,
+        tokenizer=tok,
+        reward_fn=lambda q, t, truncated=False: ((len(t) % 5) / 4, True),
+        callback=Record(),
+    )
+    after = {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    return seen[0][0], seen[0][1], before, after
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "gspo"])
+def test_one_grpo_step_changes_the_lora_weights(sft_adapter, loss_type):
+    """The peers' most reported RL bug: a loop that runs, logs and learns nothing."""
+    groups, stats, before, after = _one_step(sft_adapter, loss_type=loss_type, updates_per_batch=1)
+    assert any(g.trains for g in groups)
+    assert stats["grad_norm"] > 0 and math.isfinite(stats["grad_norm"])
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert any(k.endswith("lora_b") for k in changed), changed  # lora_b starts at 0: it must move first
+
+
+def test_reused_rollouts_clip_and_truncated_completions_are_masked(sft_adapter):
+    groups, stats, _, _ = _one_step(sft_adapter, sharpen=10.0, updates_per_batch=1, learning_rate=0.01)
+    assert stats["clipped"] == 0  # one update: on-policy, the ratio is exactly 1
+    groups, stats, _, _ = _one_step(sft_adapter, sharpen=10.0, updates_per_batch=2, learning_rate=0.01)
+    assert stats["binding"] > 0  # the second update reuses the rollouts: ratios leave the range and the clip binds
+    # every completion of the tiny model runs to the cap: masked, nothing is trained
+    assert all(not f for g in groups for f in g.finished)
+    groups, stats, before, after = _one_step(sft_adapter, mask_truncated_completions=True)
+    assert stats["tokens"] == 0 and stats["grad_norm"] == 0
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_grpo_holds_out_exactly_the_sft_runs_validation_split(tmp_path):
+    """SFT split with the run's seed and deduped; GRPO split with its own split_seed=0 and did not
+    dedupe, so after `train.py sft --seed 1` GRPO's "held-out" queries included SFT training queries."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [
+        {"query": f"topic {i} setup", "output": [["lex", f"topic {i}"], ["vec", f"how to set up topic {i}"]]}
+        for i in range(200)
+    ]
+    rows += [{**rows[i], "query": rows[i]["query"].upper()} for i in range(0, 200, 10)]  # duplicates: dedupe matters
+    (data / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    sft_cfg = {**train.SFT_DEFAULTS, "data": str(data), "seed": 1, "valid_fraction": 0.2}
+    (sft / "adapter_config.json").write_text(json.dumps(runtime.adapter_config(sft_cfg, 2)))
+    sft_train, sft_valid = train.load_sft_data(sft_cfg)  # what SFT trained on and validated with
+
+    train_q, heldout = grpo.load_prompts({**grpo.GRPO_DEFAULTS, "sft_adapter": str(sft)}, echo=pytest.fail)
+    held = [q for q, _ in heldout]
+    assert held and not {q.lower() for q in held} & {e.query.lower() for e in sft_train}
+    assert sorted(held) == sorted(e.query for e in sft_valid)
+    assert sorted(train_q) == sorted(e.query for e in sft_train)

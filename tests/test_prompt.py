@@ -139,3 +139,27 @@ def test_qmd_terms_match_qmd_source_behaviour():
     assert qmd_keeps("Authentication settings", terms)  # substring: "auth" in "authentication"
     assert not qmd_keeps("login setup", terms)
     assert qmd_keeps("anything at all", ())
+
+
+def test_the_output_contract_table_generates_the_grammar_and_is_read_by_data_and_teacher(monkeypatch):
+    import dataclasses
+
+    import convert
+    import data
+    import teacher
+
+    # QMD 2.8.3's expansion grammar, character for character
+    qmd = 'root ::= line+\nline ::= type ": " content "\\n"\ntype ::= "lex" | "vec" | "hyde"\ncontent ::= [^\\n]+\n'
+    assert prompt.QMD_GRAMMAR == qmd and convert.QMD_GRAMMAR == qmd
+    assert prompt.LINE_TYPES == tuple(t.name for t in prompt.OUTPUT_CONTRACT)
+    assert 'type ::= "lex" | "vec" | "hyde" | "note"' in prompt.qmd_grammar((*prompt.LINE_TYPES, "note"))
+    for t in prompt.OUTPUT_CONTRACT:  # the teacher is told each type's counts from the table
+        assert f"{t.name}: " in teacher.EXPAND_SYSTEM and prompt.line_count_text(t) in teacher.EXPAND_SYSTEM
+    # data.py's count check reads the table: allow no hyde line and a hyde example becomes a problem
+    ex = data.Example(
+        "auth config", [("lex", "auth config file"), ("vec", "where is the auth config"), ("hyde", "x" * 60)]
+    )
+    assert not any("hyde line(s)" in p for p in data.check_example(ex, min_score=0))
+    no_hyde = tuple(dataclasses.replace(t, max_lines=0) if t.name == "hyde" else t for t in prompt.OUTPUT_CONTRACT)
+    monkeypatch.setattr(data, "OUTPUT_CONTRACT", no_hyde)
+    assert "1 hyde line(s); want 0-0" in data.check_example(ex, min_score=0)

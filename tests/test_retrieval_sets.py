@@ -233,3 +233,18 @@ Example::
     assert "Example:\n\n```\n$ flask run\n```" in md
     assert "`pytest.approx`" in md
     assert ".." not in md.replace("...", "")
+
+
+def test_the_docs_builder_replaces_only_its_own_corpus(tmp_path):
+    notes = tmp_path / "mine"
+    notes.mkdir()
+    (notes / "diary.md").write_text("my own note")
+    result = CliRunner().invoke(build_docs.main, [str(notes)])
+    assert result.exit_code != 0 and "was not built by this script" in result.output
+    assert (notes / "diary.md").read_text() == "my own note"  # nothing lost
+    out = tmp_path / "docs"
+    assert CliRunner().invoke(build_docs.main, [str(out)]).exit_code == 0
+    (out / "stale.md").write_text("left from an older build")
+    assert CliRunner().invoke(build_docs.main, [str(out)]).exit_code == 0  # its own output: rebuilt
+    assert not (out / "stale.md").exists() and (out / build_docs.MARKER).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left

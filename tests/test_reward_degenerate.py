@@ -124,3 +124,25 @@ def test_fuzz_truncated_is_always_zero_and_never_raises(query, output):
     assert reward.score(query, output, truncated=True).reward == 0.0
     s = reward.score(query, output)
     assert 0.0 <= s.reward <= 1.0 and isinstance(s.issues, list)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.builds(
+                lambda k, t: f"{k}: {t}", st.sampled_from(["lex", "vec", "hyde", " lex", "vec "]), st.text(max_size=40)
+            ),
+            st.sampled_from(["", "  ", "lex:", "hyde:   ", "<think>x</think>", "nope", "lex: a<|im_end|>"]),
+        ),
+        max_size=8,
+    )
+)
+def test_fast_parse_agrees_with_prompt_parse_output(lines):
+    # _score parses the usual output itself; it must read every output as prompt.parse_output does
+    from prompt import parse_output
+
+    text = "\n".join(lines)
+    s, p = reward.score("auth config", text), parse_output(text)
+    assert s.lines == p.lines
+    assert (s.hard_failure is not None) == bool(p.leaked or p.invalid or (not p.lines and not p.empty))

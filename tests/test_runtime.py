@@ -174,3 +174,43 @@ def test_output_files_honour_the_umask(tmp_path, mask):
         os.umask(old)
     for name in ["a.txt", "state.json", "config.yaml", "metrics.jsonl", "adapters.safetensors"]:
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_run_command_maps_errors_to_the_exit_statuses_scripts_rely_on(capsys):
+    """train.py and grpo.py share one mapping: usage errors 2, a diverged run 1, Ctrl-C 130."""
+
+    class Usage(ValueError):
+        pass
+
+    def fails(exc):
+        def body():
+            raise exc
+
+        return body
+
+    cases = [
+        (fails(ConfigError("bad key")), 2),
+        (fails(runtime.ModelError("no model")), 2),
+        (fails(Usage("bad data")), 2),
+        (fails(runtime.TrainingDiverged("loss is nan")), 1),
+        (lambda: {"interrupted": True}, 130),
+    ]
+    for body, code in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            runtime.run_command(body, usage_errors=(Usage,))
+        assert exit_info.value.code == code
+    assert "error: loss is nan" in capsys.readouterr().err
+    assert runtime.run_command(lambda: {"interrupted": False}) == {"interrupted": False}
+
+
+def test_interruptible_turns_the_first_ctrl_c_into_a_flag_and_restores_the_handler():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    said = []
+    with runtime.interruptible(said.append, "step") as flag:
+        signal.raise_signal(signal.SIGINT)
+        assert flag["flag"] and "finishing this step" in said[0]
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C aborts
+    assert signal.getsignal(signal.SIGINT) is before

@@ -20,9 +20,11 @@ release announcements and table-of-contents pages are left out: they are lists, 
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import click
@@ -414,22 +416,49 @@ def pages(name: str, version: str, docs: str, skip: set[str]):
             yield f"{name}/{rel[:-4]}", md
 
 
+MARKER = ".qmd-docs-corpus"  # written into every corpus this script builds
+
+
 def build(outdir: Path) -> list[str]:
-    """Write the corpus into outdir; returns the sorted relative paths written."""
+    """Write the corpus into outdir; returns the sorted relative paths written.
+
+    The corpus is built in a sibling temp folder and swapped in whole, so an interrupted build leaves
+    the old corpus or none. An existing outdir is replaced only if this script built it (its marker
+    file is there) or it is empty: never a folder of someone's own notes.
+    """
     check_sdists()
-    written = []
-    for name, version, _, docs, skip in SDISTS:
-        for rel, md in pages(name, version, docs, skip):
-            parts = split_page(md) if len(md) > SPLIT_CHARS else []
-            if len(parts) > 1:
-                targets = [(f"{rel}/{stem}.md", text) for stem, text in parts]
-            else:
-                targets = [(f"{rel}.md", md)]
-            for path, text in targets:
-                dest = outdir / path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(text, encoding="utf-8")
-                written.append(path)
+    if outdir.exists() and any(outdir.iterdir()) and not (outdir / MARKER).exists():
+        raise click.ClickException(
+            f"{outdir} exists and was not built by this script (no {MARKER} in it): give an empty or new folder"
+        )
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        written = []
+        for name, version, _, docs, skip in SDISTS:
+            for rel, md in pages(name, version, docs, skip):
+                parts = split_page(md) if len(md) > SPLIT_CHARS else []
+                if len(parts) > 1:
+                    targets = [(f"{rel}/{stem}.md", text) for stem, text in parts]
+                else:
+                    targets = [(f"{rel}.md", md)]
+                for path, text in targets:
+                    dest = tmp / path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_text(text, encoding="utf-8")
+                    written.append(path)
+        (tmp / MARKER).write_text("built by evals/retrieval/build_docs.py\n", encoding="utf-8")
+        if outdir.exists():
+            old = outdir.with_name(f".{outdir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            outdir.rename(old)
+            tmp.rename(outdir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return sorted(written)
 
 
