@@ -420,19 +420,14 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
         echo(f"nothing to resume in {out}: starting a new run")
     elif overwrite and lead:
         replaced.move_aside()  # data and model are loaded and checked: only now does the old run make way
-    if world.size > 1:  # every rank starts from rank 0's weights, optimizer state and step
-        start = world.broadcast_json(start)
-        model.update(world.broadcast_tree(model.trainable_parameters()))
-        if start > 0:
-            if not lead:
-                optimizer.init(model.trainable_parameters())
-            optimizer.state = world.broadcast_tree(optimizer.state)
+    start = world.sync_start(model, optimizer, start)  # every rank starts from rank 0's weights and state
+    if world.size > 1:
         mx.random.seed(cfg["seed"] + 1000003 * world.rank)  # LoRA dropout: a different mask on every rank
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
         runtime.save_config(out, cfg)
-    metrics = runtime.MetricsLog(out / "metrics.jsonl") if lead else _NoMetrics()
+    metrics = runtime.MetricsLog(out / "metrics.jsonl") if lead else distributed.NoMetrics()
     metrics.truncate_after(start)
     metrics.log({"event": "start", "from_step": start, "ranks": world.size, **runtime.environment()})
     if start >= cfg["iters"]:
@@ -448,12 +443,9 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
         f"data {len(train_set)} train / {len(valid_set)} valid examples, {n_tok / len(train_set):.0f} tokens each on average"
     )
     if world.size > 1:
-        echo(
-            f"distributed: {world.size} ranks, each {cfg['batch_size'] // world.size} of every batch of "
-            f"{cfg['batch_size']}; effective batch {cfg['batch_size'] * cfg['grad_accumulation_steps']} examples per "
-            f"optimizer step, learning rate {cfg['learning_rate']:g} as configured (the same run as one process; "
-            "tok/s below is rank 0's share)"
-        )
+        share = f"{cfg['batch_size'] // world.size} of every batch of {cfg['batch_size']}"
+        effective = f"{cfg['batch_size'] * cfg['grad_accumulation_steps']} examples"
+        echo(world.banner(share, effective, cfg["learning_rate"]) + "; tok/s below is rank 0's share")
 
     # -- callbacks: progress lines, metrics, validation, checkpoints, NaN guard, Ctrl-C.
     # mlx-lm calls back after every iteration (steps_per_report=1) and never validates itself: its
@@ -611,16 +603,6 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
     # soon as one exits non-zero, and 130 counts: it cut rank 0 off mid-message in a test).
     world.any_rank(False)
     return {"step": step, "adapter_path": str(out), "interrupted": stopped}
-
-
-class _NoMetrics:
-    """The metrics log of ranks other than 0: they write nothing."""
-
-    def log(self, record):
-        pass
-
-    def truncate_after(self, step):
-        pass
 
 
 def _plot(out, metrics):

@@ -67,13 +67,13 @@ def sft_args(model, data, out, *extra):
     return ["sft", "--model", str(model), "--data", str(data), "--adapter-path", str(out), *COMMON, *extra]
 
 
-def launch(tmp_path, args, timeout=300):
-    """`mlx.launch --hostfile hosts.json --backend ring train.py ...` with 2 local ranks."""
+def launch(tmp_path, args, timeout=300, script="train.py"):
+    """`mlx.launch --hostfile hosts.json --backend ring SCRIPT ...` with 2 local ranks."""
     hosts = tmp_path / "hosts.json"
     hosts.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2))
     launcher = os.path.join(os.path.dirname(sys.executable), "mlx.launch")
     cmd = [launcher, "--hostfile", str(hosts), "--backend", "ring", "-p", str(free_ports()),
-           "--python", sys.executable, "train.py", *args]  # fmt: skip
+           "--python", sys.executable, script, *args]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
@@ -197,7 +197,7 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error(tiny_model_path, tmp
     assert took < 60
 
 
-def start_ranks(tmp_path, args):
+def start_ranks(tmp_path, args, script="train.py"):
     """The two ranks started by hand with the environment mlx.launch gives them, so a test can signal
     or kill one; output to rank0.log / rank1.log."""
     base = free_ports()
@@ -209,19 +209,165 @@ def start_ranks(tmp_path, args):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLX_HOSTFILE": str(ring), "MLX_RANK": str(rank)}
         with open(log, "w") as f:
             procs.append(
-                subprocess.Popen(
-                    [sys.executable, "train.py", *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env
-                )
+                subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
             )
         logs.append(log)
     return procs, logs
 
 
-def wait_for_step(log, procs, timeout=240):
+def wait_for_step(log, procs, timeout=240, marker="| loss"):
     deadline = time.time() + timeout
-    while "| loss" not in log.read_text():
+    while marker not in log.read_text():
         if any(p.poll() is not None for p in procs) or time.time() > deadline:
             for p in procs:
                 p.kill()
             raise AssertionError(log.read_text())
         time.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------
+# GRPO
+
+
+def test_gather_shards_puts_every_ranks_groups_back_in_one_process_order():
+    """shard() gives rank r the items r, r+N, ...; gather_shards() undoes it on every rank, keeping
+    this rank's own objects (their advantages are set in place) and decoding the others'."""
+    import distributed
+
+    items = [{"q": i} for i in range(10)]
+    w = distributed.World.__new__(distributed.World)
+    w.rank, w.size, w.lead = 1, 3, False
+    w.gather_json = lambda mine: [mine if r == 1 else [dict(x) for x in items[r::3]] for r in range(3)]
+    mine = w.shard(items)
+    assert mine == items[1::3]
+    back = w.gather_shards(mine, dict, dict)
+    assert back == items
+    assert all(back[1 + 3 * i] is x for i, x in enumerate(mine))
+
+
+@pytest.fixture(scope="module")
+def grpo_root(tiny_model_path, tmp_path_factory):
+    """An SFT adapter (2 iterations on the tiny model) and its data, for GRPO runs."""
+    root = tmp_path_factory.mktemp("dist-grpo")
+    data = write_split(root / "data")
+    result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, root / "sft", "--iters", "2"))
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def grpo_cfg(root, **kw):
+    import grpo
+
+    cfg = {**grpo.GRPO_DEFAULTS, "sft_adapter": str(root / "sft"), "data": str(root / "data")}
+    cfg.update(batch_size=4, group_size=3, max_completion_tokens=8, eval_every=1000, eval_queries=2, eval_max_tokens=8,
+               save_every=1, learning_rate=1e-2, warmup_steps=0, updates_per_batch=1)  # fmt: skip
+    cfg["model"] = json.loads((root / "sft" / "adapter_config.json").read_text())["base_model"]
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.slow
+def test_grpo_steps_on_two_ranks_match_one_process_with_fixed_rollouts(grpo_root, tmp_path):
+    """2 steps of 4 prompts x 3 fixed completions, 2 updates each (the second reuses the rollouts, so
+    the ratio and clip are live), batch-std advantages (they need every rank's rewards), one rank's
+    groups all tied: the same groups, advantages, losses, token counts, gradient norms and LoRA
+    weights as one process."""
+    import mlx.core as mx
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(grpo_cfg(grpo_root, steps=2, updates_per_batch=2, scale_rewards="batch")))
+    script = "tests/grpo_fixed_step.py"
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, script, str(cfg), str(one)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert single.returncode == 0, single.stdout + single.stderr
+    dist = launch(tmp_path, [str(cfg), str(two)], script=script)
+    assert dist.returncode == 0, dist.stdout + dist.stderr
+
+    s1 = json.loads((one / "steps.json").read_text())
+    s2 = json.loads((two / "steps.json").read_text())
+    assert [s["step"] for s in s1] == [s["step"] for s in s2] == [1, 2]
+    for a, b in zip(s1, s2):
+        assert a["queries"] == b["queries"] and a["rewards"] == b["rewards"]
+        assert np_close(a["advantages"], b["advantages"], 1e-12)
+        assert a["tokens"] == b["tokens"] > 0
+        for key in ("loss", "kl", "grad_norm"):
+            assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
+        assert a["clipped"] == b["clipped"] and a["binding"] == b["binding"]
+    assert any(s["binding"] > 0 for s in s1)  # the clip bound on the reused rollouts
+    assert any(all(x == 0 for x in adv) for adv in s1[0]["advantages"])  # tied groups
+    w1 = mx.load(str(one / "adapters.safetensors"))
+    w2 = mx.load(str(two / "adapters.safetensors"))
+    assert w1.keys() == w2.keys()
+    worst = max(mx.abs(w1[k] - w2[k]).max().item() for k in w1)
+    moved = max(mx.abs(w1[k]).max().item() for k in w1 if k.endswith("lora_b"))
+    print(f"GRPO 2 ranks vs 1: max LoRA weight difference {worst:.2e}, lora_b moved to {moved:.2e}")
+    assert worst < 1e-5, worst
+    assert moved > 1e-3, moved
+
+
+def np_close(a, b, tol):
+    import numpy as np
+
+    return all(np.allclose(x, y, atol=tol, rtol=0) for x, y in zip(a, b))
+
+
+def grpo_config_file(root, tmp_path):
+    import yaml
+
+    keys = ("model", "sft_adapter", "data", "batch_size", "group_size", "max_completion_tokens", "eval_every",
+            "eval_queries", "eval_max_tokens", "save_every", "learning_rate", "warmup_steps", "updates_per_batch")  # fmt: skip
+    cfg = grpo_cfg(root, batch_size=2)
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump({k: cfg[k] for k in keys}))
+    return path
+
+
+@pytest.mark.slow
+def test_grpo_ctrl_c_on_one_rank_stops_both_and_resumes_to_the_same_adapter(grpo_root, tmp_path):
+    """SIGINT to rank 1 of a 2-rank grpo.py: both stop after the same step, rank 0 saves, exit 130;
+    `--resume` under mlx.launch for one more step gives the adapter of an uninterrupted 2-rank run."""
+    import mlx.core as mx
+
+    config = grpo_config_file(grpo_root, tmp_path)
+    cut, straight = tmp_path / "cut", tmp_path / "straight"
+    base = ["--config", str(config)]
+    procs, logs = start_ranks(tmp_path, [*base, "--adapter-path", str(cut), "--steps", "400"], script="grpo.py")
+    wait_for_step(logs[0], procs, marker="| reward")
+    procs[1].send_signal(signal.SIGINT)
+    codes = [p.wait(timeout=120) for p in procs]
+    text = [log.read_text() for log in logs]
+    assert codes == [130, 130], text
+    assert "stopped at step" in text[0] and "--resume" in text[0] and "stopped at step" not in text[1]
+    assert "distributed: 2 ranks, each 1 of every step's 2 prompts x 3; effective batch 6 completions" in text[0]
+    stopped = json.loads((sorted((cut / "checkpoints").glob("step_*"))[-1] / "state.json").read_text())["step"]
+    assert 0 < stopped < 400
+
+    steps = str(stopped + 1)
+    resumed = launch(tmp_path, [*base, "--adapter-path", str(cut), "--steps", steps, "--resume"], script="grpo.py")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming {cut}" in resumed.stdout and f"done: {steps} steps" in resumed.stdout
+    whole = launch(tmp_path, [*base, "--adapter-path", str(straight), "--steps", steps], script="grpo.py")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    a = mx.load(str(cut / "adapters.safetensors"))
+    b = mx.load(str(straight / "adapters.safetensors"))
+    worst = max(mx.abs(a[k] - b[k]).max().item() for k in a)
+    assert worst < 1e-6, worst
+    assert max(mx.abs(a[k]).max().item() for k in a if k.endswith("lora_b")) > 0
+
+
+@pytest.mark.slow
+def test_killing_one_rank_ends_grpo_on_the_other_with_a_clear_error(grpo_root, tmp_path):
+    config = grpo_config_file(grpo_root, tmp_path)
+    args = ["--config", str(config), "--adapter-path", str(tmp_path / "run"), "--steps", "400"]
+    procs, logs = start_ranks(tmp_path, args, script="grpo.py")
+    wait_for_step(logs[0], procs, marker="| reward")
+    procs[1].kill()
+    t0 = time.time()
+    code = procs[0].wait(timeout=60)
+    took = time.time() - t0
+    text = logs[0].read_text()
+    assert code == 1, text
+    assert "rank 0/2:" in text and "another rank stopped" in text and "--resume" in text, text
+    assert "Traceback" not in text
+    assert took < 60
