@@ -49,28 +49,35 @@ class World:
         return self.all_sum(mx.array(1 if flag else 0, mx.int32)).item() > 0
 
     def broadcast_tree(self, tree):
-        """Rank 0's arrays, same structure on every rank (others send zeros; all_sum adds them up).
+        """Rank 0's tree of arrays on every rank: its structure, shapes and dtypes (sent first, as
+        JSON), then its values (the others send zeros; all_sum adds them up), leaf by leaf in sorted
+        key order.
 
-        The leaves go in sorted key order: dicts built differently (an optimizer state loaded from a
-        checkpoint on rank 0, freshly initialised elsewhere) list the same keys in different orders,
-        and pairing a rank's array with another's of a different size would hang the all-reduce."""
+        The structure is rank 0's, not each rank's own: an optimizer state loaded from a checkpoint
+        on rank 0 can lack entries a freshly initialised one has (a GRPO run whose steps all tied
+        never created Adam moments), and an all-reduce paired with a different array, or missing on
+        one rank, would hang."""
         if self.size == 1:
             return tree
         import mlx.core as mx
         from mlx.utils import tree_flatten, tree_unflatten
 
-        def one(x):
-            if not isinstance(x, mx.array):
-                return x
-            mine = x if self.lead else mx.zeros_like(x)
-            if x.dtype in (mx.uint64, mx.int64):  # not every backend sums 64-bit integers: go through int32
-                return self.all_sum(mine.astype(mx.int32)).astype(x.dtype)
+        flat = dict(tree_flatten(tree)) if self.lead else {}
+        spec = self.broadcast_json(
+            [[k, list(v.shape), str(v.dtype).split(".")[-1]] if isinstance(v, mx.array) else [k, None, v]
+             for k, v in flat.items()]
+        )  # fmt: skip
+
+        def one(key, shape, dtype):
+            dtype = getattr(mx, dtype)
+            mine = flat[key] if self.lead else mx.zeros(shape, dtype)
+            if dtype in (mx.uint64, mx.int64):  # not every backend sums 64-bit integers: go through int32
+                return self.all_sum(mine.astype(mx.int32)).astype(dtype)
             return self.all_sum(mine)
 
-        flat = tree_flatten(tree)
-        summed = {k: one(v) for k, v in sorted(flat, key=lambda kv: kv[0])}
+        summed = {k: one(k, shape, v) for k, shape, v in sorted(spec) if shape is not None}
         mx.eval(list(summed.values()))
-        return tree_unflatten([(k, summed[k]) for k, _ in flat])
+        return tree_unflatten([(k, summed[k] if shape is not None else v) for k, shape, v in spec])
 
     def broadcast_json(self, obj):
         """Rank 0's JSON-serialisable value on every rank (two small all-reduces)."""

@@ -332,7 +332,8 @@ def test_grpo_ctrl_c_on_one_rank_stops_both_and_resumes_to_the_same_adapter(grpo
     config = grpo_config_file(grpo_root, tmp_path)
     cut, straight = tmp_path / "cut", tmp_path / "straight"
     base = ["--config", str(config)]
-    procs, logs = start_ranks(tmp_path, [*base, "--adapter-path", str(cut), "--steps", "400"], script="grpo.py")
+    script = "tests/grpo_length_reward.py"  # grpo.py with a reward that varies on the tiny model's text
+    procs, logs = start_ranks(tmp_path, [*base, "--adapter-path", str(cut), "--steps", "400"], script=script)
     wait_for_step(logs[0], procs, marker="| reward")
     procs[1].send_signal(signal.SIGINT)
     codes = [p.wait(timeout=120) for p in procs]
@@ -344,10 +345,10 @@ def test_grpo_ctrl_c_on_one_rank_stops_both_and_resumes_to_the_same_adapter(grpo
     assert 0 < stopped < 400
 
     steps = str(stopped + 1)
-    resumed = launch(tmp_path, [*base, "--adapter-path", str(cut), "--steps", steps, "--resume"], script="grpo.py")
+    resumed = launch(tmp_path, [*base, "--adapter-path", str(cut), "--steps", steps, "--resume"], script=script)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming {cut}" in resumed.stdout and f"done: {steps} steps" in resumed.stdout
-    whole = launch(tmp_path, [*base, "--adapter-path", str(straight), "--steps", steps], script="grpo.py")
+    whole = launch(tmp_path, [*base, "--adapter-path", str(straight), "--steps", steps], script=script)
     assert whole.returncode == 0, whole.stdout + whole.stderr
     a = mx.load(str(cut / "adapters.safetensors"))
     b = mx.load(str(straight / "adapters.safetensors"))
