@@ -54,6 +54,7 @@ Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation e
 steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
 of recent rollouts falls below `drift_min_format`. Checkpoints are atomic; --resume; Ctrl-C saves
 and exits with status 130; a NaN/inf loss stops with a message and the best adapter kept.
+Under `mlx.launch -n N` the step's prompts are split across ranks (train_grpo's world=, distributed.py).
 """
 
 import runtime

@@ -75,9 +75,16 @@ def launch(tmp_path, args, timeout=300, script="train.py"):
     cmd = [launcher, "--hostfile", str(hosts), "--backend", "ring", "-p", str(free_ports()),
            "--python", sys.executable, script, *args]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
-    )
+    # its own process group: on a timeout the ranks go too (killing mlx.launch alone left them spinning)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"mlx.launch still running after {timeout} s (a hang)\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def records(out):
@@ -197,6 +204,19 @@ def test_killing_one_rank_ends_the_other_with_a_clear_error(tiny_model_path, tmp
     assert took < 60
 
 
+_STARTED = []  # ranks started by hand: killed after each test, so a failed one leaves none running
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_ranks():
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def start_ranks(tmp_path, args, script="train.py"):
     """The two ranks started by hand with the environment mlx.launch gives them, so a test can signal
     or kill one; output to rank0.log / rank1.log."""
@@ -212,6 +232,7 @@ def start_ranks(tmp_path, args, script="train.py"):
                 subprocess.Popen([sys.executable, script, *args], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
             )
         logs.append(log)
+    _STARTED.extend(procs)
     return procs, logs
 
 
