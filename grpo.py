@@ -836,11 +836,9 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced, world) -> dict:
     if len(train_q) < cfg["batch_size"]:
         raise data_mod.DataError([f"{cfg['data']}: only {len(train_q)} training queries"])
     heldout = heldout[: cfg["eval_queries"]]
-    mismatch = world.check_same(
-        "the prompts and SFT adapter (count, CRC32, adapter CRC32)",
-        distributed.fingerprint_texts(train_q)
-        + [distributed.file_crc(Path(cfg["sft_adapter"]) / "adapters.safetensors")],
-    )
+    sft_weights = Path(cfg["sft_adapter"]) / "adapters.safetensors"
+    ours = distributed.fingerprint_texts(train_q) + [distributed.file_crc(sft_weights)] if world.size > 1 else []
+    mismatch = world.check_same("the prompts and SFT adapter (count, CRC32, adapter CRC32)", ours)
     if mismatch:
         raise data_mod.DataError(
             [f"{mismatch}: every machine needs the same --data and --sft-adapter at the same path"]
