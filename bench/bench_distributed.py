@@ -104,6 +104,27 @@ def launch_cmd(tmp: Path, argv: list) -> list:
     return [launcher, "--hostfile", hosts, "--backend", "ring", "-p", free_port(), "--python", sys.executable, *argv]
 
 
+def run_launched(cmd, stdin_eof=False) -> tuple:
+    """common.run for mlx.launch, with a stdin that stays open and silent. mlx.launch (mlx 0.32.4)
+    forwards stdin to the ranks by select()ing on it every 0.1 s: at EOF (/dev/null, a closed pipe,
+    a background job) select returns at once, and the launcher spins a whole core, half of this
+    machine. stdin_eof=True gives it /dev/null, to show what that costs."""
+    import subprocess
+
+    cmd = [str(c) for c in cmd]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=common.ROOT, env=common.blas_env(),
+                            stdin=subprocess.DEVNULL if stdin_eof else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    out = proc.stdout.read()  # stdin stays open (nothing written) until the ranks are done
+    proc.wait()
+    if proc.stdin:
+        proc.stdin.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
+    return time.perf_counter() - t, out
+
+
 def step_time(out: Path) -> tuple:
     """(median seconds per step from step 3 on, steps timed) from a run's metrics.jsonl."""
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -135,10 +156,12 @@ def main(model, iters, quick, worker):
                 "--num-layers", "-1", "--seed", common.SEED]  # fmt: skip
         wall1, _ = common.run([sys.executable, *args, "--adapter-path", tmp / "one"])
         one, n1 = step_time(tmp / "one")
-        wall2, out2 = common.run(launch_cmd(tmp, [*args, "--adapter-path", tmp / "two"]))
+        wall2, out2 = run_launched(launch_cmd(tmp, [*args, "--adapter-path", tmp / "two"]))
         two, n2 = step_time(tmp / "two")
         assert "distributed: 2 ranks" in out2, out2[-2000:]
-        _, out = common.run(launch_cmd(tmp, ["bench/bench_distributed.py", "--worker", "allreduce"]))
+        wall3, _ = run_launched(launch_cmd(tmp, [*args, "--adapter-path", tmp / "eof"]), stdin_eof=True)
+        eof, _ = step_time(tmp / "eof")
+        _, out = run_launched(launch_cmd(tmp, ["bench/bench_distributed.py", "--worker", "allreduce"]))
     ar = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     name = "tiny" if model == "tiny" else Path(path).name
     common.record(
@@ -147,7 +170,8 @@ def main(model, iters, quick, worker):
         f"{one:.3f}s/step (wall {wall1:.0f}s)",
         one / two,
         "n/a (2 cores shared)",
-        f"median of {min(n1, n2)} steps after 2 warm-up steps, rank 0's metrics.jsonl; same global batch, data and seed",
+        f"median of {min(n1, n2)} steps after 2 warm-up steps, rank 0's metrics.jsonl; same global batch, data and "
+        f"seed; with mlx.launch's stdin at EOF (/dev/null) its input loop spins a core: {eof:.3f}s/step (wall {wall3:.0f}s)",
         status="info",
         save=not quick,
     )

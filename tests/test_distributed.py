@@ -75,15 +75,20 @@ def launch(tmp_path, args, timeout=300, script="train.py"):
     cmd = [launcher, "--hostfile", str(hosts), "--backend", "ring", "-p", str(free_ports()),
            "--python", sys.executable, script, *args]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # its own process group: on a timeout the ranks go too (killing mlx.launch alone left them spinning)
+    # Its own process group: on a timeout the ranks go too (killing mlx.launch alone left them spinning).
+    # A stdin that stays open and silent: at EOF (/dev/null) mlx.launch's input loop spins a core.
+    quiet, keep_open = os.pipe()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                            stdin=quiet, start_new_session=True)  # fmt: skip
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"mlx.launch still running after {timeout} s (a hang)\n{out}\n{err}") from None
+    finally:
+        os.close(quiet)
+        os.close(keep_open)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
