@@ -398,3 +398,37 @@ def test_killing_one_rank_ends_grpo_on_the_other_with_a_clear_error(grpo_root, t
     assert "rank 0/2:" in text and "another rank stopped" in text and "--resume" in text, text
     assert "Traceback" not in text
     assert took < 60
+
+
+def test_collective_callback_stops_every_rank_when_one_asks_and_only_rank_0_logs():
+    """Rank 0's drift guard (stop) or a Ctrl-C on another rank (interrupted) reaches every rank at the
+    same step; the interrupted flag is copied in, so every rank exits 130 the same way."""
+    import distributed
+
+    class Inner:
+        def __init__(self, stop=False):
+            self.interrupted, self.stop, self.steps = {"flag": False}, stop, []
+
+        def should_stop(self):
+            return self.interrupted["flag"] or self.stop
+
+        def on_step(self, step, groups, stats):
+            self.steps.append(step)
+
+    def world(rank, others):  # others: the (interrupted, stop) the other rank contributes
+        w = distributed.World.__new__(distributed.World)
+        w.rank, w.size, w.lead = rank, 2, rank == 0
+        w.sum_values = lambda mine: [a + b for a, b in zip(mine, others)]
+        return w
+
+    quiet = Inner()
+    cb = distributed.CollectiveCallback(quiet, world(1, [0, 0]))
+    assert not cb.should_stop()
+    cb.on_step(1, [], {})
+    assert quiet.steps == []  # rank 1 does not log, evaluate or save
+    drift = distributed.CollectiveCallback(Inner(), world(1, [0, 1]))  # rank 0's drift guard fired
+    assert drift.should_stop() and not drift.inner.interrupted["flag"]
+    ctrl_c = distributed.CollectiveCallback(Inner(), world(0, [1, 1]))  # Ctrl-C on rank 1
+    assert ctrl_c.should_stop() and ctrl_c.inner.interrupted["flag"]
+    ctrl_c.on_step(3, [], {})
+    assert ctrl_c.inner.steps == [3]
