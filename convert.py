@@ -425,7 +425,7 @@ def modelfile_text(gguf_name: str, tokenizer) -> str:
         ("min_p", 0.0),
         ("presence_penalty", QMD_SAMPLING["presence_penalty"]),
         ("repeat_last_n", QMD_PENALTY_WINDOW),
-        ("repeat_penalty", 1.0),  # Ollama's default is 1.1; QMD uses only the presence penalty
+        ("repeat_penalty", 1.0),  # Ollama's default is 1.1; QMD's is 1 (and so no penalty at all)
         ("num_predict", QMD_MAX_TOKENS),
         ("num_ctx", QMD_CONTEXT),
     ]
@@ -826,7 +826,7 @@ def model_card(plan: Plan, files: list, tokenizer, eval_files) -> str:
         "```",
         "",
         "Output: one `type: text` line each, types `lex`, `vec`, `hyde`. QMD samples with temperature 0.7,",
-        "top-k 20, top-p 0.8, presence penalty 0.5 and a GBNF grammar that only allows such lines.",
+        "top-k 20, top-p 0.8 (its presence penalty is never applied) and a GBNF grammar that only allows such lines.",
         "",
         "## Use",
         "",

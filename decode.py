@@ -14,9 +14,12 @@ by row. Here the batch is fixed, so each step is one forward pass plus one batch
   2. Decode: feed the last sampled token of every row, take the (rows, V) logits of the last
      position and sample - greedy is an argmax, temperature sampling a categorical draw over
      logits / temp; top-k and top-p (on the untempered distribution, as llama.cpp and mlx-lm do)
-     mask logits first; a presence penalty subtracts a constant from every token seen in the
-     last `presence_window` tokens of the row (prompt included), for all rows at once (a gather and
-     a scatter of `presence_window` columns, not a vocabulary-sized mask).
+     mask logits first; a presence penalty subtracts a constant from every token the row generated
+     in its last `presence_window` tokens, the `penalty_exempt` ids (the newline) aside - what
+     node-llama-cpp, QMD's runtime, does (LlamaChat.getPenaltyTokens: the response's last 64 tokens,
+     newline excluded; mlx-lm's processor and llama-cpp-python also penalise the prompt's tail and
+     the newline, which makes a model look less repetitive than it is in QMD). All rows at once: a
+     gather and a scatter of `presence_window` columns, each token counted once, not a vocabulary-sized mask.
      The next step's graph is queued (async_eval) before the current tokens are read back, so
      host-side bookkeeping overlaps the forward pass.
   3. Rows stop at a stop token (kept in the output: a policy must learn to stop) or at
@@ -49,6 +52,7 @@ def generate(
     top_k: int = 0,
     presence_penalty: float = 0.0,
     presence_window: int = 64,
+    penalty_exempt=(),
 ) -> list[list[Sample]]:
     """`n` samples for each prompt (lists of token ids): [[Sample] * n] * len(prompts)."""
     import mlx.core as mx
@@ -63,40 +67,41 @@ def generate(
     stops = set(int(t) for t in stop_ids)
     sample = _make_sampler(temp, top_p, top_k)
 
-    window = None
+    # The penalty window: (rows, presence_window) token ids and whether each slot counts. It starts
+    # empty (id 0, not counted: only generated tokens are penalised) and slides by one each step.
+    window = counts = None
     if presence_penalty:
-        # (rows, presence_window) last tokens per row. A prompt shorter than the window fills the
-        # missing slots with its own first token: a duplicate, so the set of penalised tokens is exact
-        # and every slot is a valid id (no mask column).
-        tails = np.empty((len(rows), presence_window), np.int32)
-        for r, i in enumerate(rows):
-            tail = prompts[i][-presence_window:]
-            tails[r, : presence_window - len(tail)] = tail[0]
-            tails[r, presence_window - len(tail) :] = tail
-        window = mx.array(tails)
+        window = mx.zeros((len(rows), presence_window), mx.int32)
+        counts = mx.zeros((len(rows), presence_window), mx.bool_)
+        exempt = mx.array(sorted({int(t) for t in penalty_exempt}) or [-1], mx.int32)
 
-    def penalised_sample(logits, window):
-        # each token once however often it occurs: duplicate slots write the same penalised value
-        seen = mx.take_along_axis(logits, window, axis=-1) - presence_penalty
+    def penalised_sample(logits, window, counts):
+        # (rows, W, W) -> (rows, W): slot j's token is penalised when some counting slot of the row
+        # holds it. Every slot of one token then writes the same value back (duplicates agree), and a
+        # token counts once however often it occurs (presence, not frequency).
+        hit = mx.any((window[:, :, None] == window[:, None, :]) & counts[:, None, :], axis=-1)
+        seen = mx.take_along_axis(logits, window, axis=-1) - presence_penalty * hit
         return sample(mx.put_along_axis(logits, window, seen, axis=-1))
 
-    def step(y, window):
+    def step(y, window, counts):
         logits = model(y[:, None], cache=cache)[:, -1, :].astype(mx.float32)  # (rows, V)
         # the vocabulary-wide work, split over the CPU cores (runtime.rowwise)
         if window is None:
             return runtime.rowwise(sample, logits)
-        return runtime.rowwise(penalised_sample, logits, window)
+        return runtime.rowwise(penalised_sample, logits, window, counts)
 
     out = [[] for _ in rows]
     done = np.zeros(len(rows), bool)
     live = np.arange(len(rows))  # batch position -> row
     y = mx.array([prompts[i][-1] for i in rows], mx.uint32)
-    y = step(y, window)
+    y = step(y, window, counts)
     mx.async_eval(y)
     for t in range(max_tokens):
         if window is not None:
-            window = mx.concatenate([window[:, 1:], y[:, None].astype(mx.int32)], axis=1)
-        nxt = step(y, window) if t + 1 < max_tokens else None
+            new = y[:, None].astype(mx.int32)
+            window = mx.concatenate([window[:, 1:], new], axis=1)
+            counts = mx.concatenate([counts[:, 1:], ~mx.any(new == exempt, axis=-1, keepdims=True)], axis=1)
+        nxt = step(y, window, counts) if t + 1 < max_tokens else None
         if nxt is not None:
             mx.async_eval(nxt)
         toks = y.tolist()
@@ -115,10 +120,27 @@ def generate(
             for c in cache:
                 c.filter(idx)
             y = y[idx]
-            window = window[idx] if window is not None else None
+            if window is not None:
+                window, counts = window[idx], counts[idx]
             live = live[active]
     samples = [Sample(out[r], bool(done[r])) for r in range(len(rows))]
     return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def presence_processor(prompt_len: int, penalty: float, window: int = 64, exempt=()):
+    """generate()'s presence penalty as a logits processor for one sequence (eval.py's mlx-lm and
+    llama.cpp paths): `penalty` off every token among the last `window` generated ones - not the
+    prompt's - but the `exempt` ids."""
+    exempt = {int(t) for t in exempt}
+
+    def process(tokens, logits):  # tokens: (prompt_len + generated,) ids; logits: (1, V) or (V,)
+        # mlx arrays (mlx-lm) and numpy arrays (llama-cpp-python's logits_processor) alike
+        ids = sorted(set(tokens[prompt_len:][-window:].tolist()) - exempt)
+        if ids:
+            logits[..., ids] = logits[..., ids] - penalty
+        return logits
+
+    return process
 
 
 def _prefill(model, prompts, n):

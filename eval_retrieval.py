@@ -523,6 +523,24 @@ def format_compare(a: dict, b: dict, name_a: str, name_b: str, seed: int = 0, n_
 # CLI
 
 
+def write_expansions(path, queries, sources, seconds) -> None:
+    """--expand-only: the model source's texts as JSONL ({"query", "category", "text", "truncated"}), the
+    form --expansions reads. Why: several adapters can then be searched in one run, so every pair of them
+    gets its paired bootstrap on the same queries, and each model generates once for any number of runs."""
+    model = [s for s in sources if sources[s]["kind"] == "mlx"]
+    if len(model) != 1:
+        _fail("--expand-only needs exactly one model source: --model, or --adapter without --baseline")
+    rows = [
+        json.dumps(
+            {"query": q["query"], "category": q["category"], "text": e["text"], "truncated": e["truncated"]},
+            ensure_ascii=False,
+        )
+        for q, e in zip(queries, sources[model[0]]["expansions"])
+    ]
+    runtime.atomic_write(Path(path), "\n".join(rows) + "\n")
+    _note(f"wrote {len(rows)} expansions of `{model[0]}` to {path} ({seconds:.0f} s)")
+
+
 def _note(msg: str) -> None:
     click.echo(msg, err=True)
 
@@ -589,6 +607,12 @@ def _unique(name, taken) -> str:
     "--output", "-o", "output_path", type=click.Path(dir_okay=False), help="Write FILE.json, FILE.md and FILE.png."
 )
 @click.option("--compare", nargs=2, type=click.Path(exists=True, dir_okay=False), help="Compare two -o reports.")
+@click.option(
+    "--expand-only",
+    "expand_only",
+    type=click.Path(dir_okay=False),
+    help="Only generate the --model/--adapter expansions and write them as JSONL for --expansions; no engine runs.",
+)
 def cli(
     corpus,
     queries_path,
@@ -606,6 +630,7 @@ def cli(
     n_boot,
     output_path,
     compare,
+    expand_only,
 ):
     """Measure retrieval with and without a model's expansions (see the module docstring)."""
     if compare:
@@ -632,7 +657,7 @@ def cli(
         queries = read_retrieval_queries(queries_path, [d.path for d in docs])
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    if "qmd" in engines:
+    if "qmd" in engines and not expand_only:
         if not qmd_harness.installed():
             _fail(f"the qmd engine needs the real QMD: run `make qmd` (or pass --engine hybrid). {qmd_harness.QMD_DIR}")
 
@@ -654,6 +679,9 @@ def cli(
     except (runtime.ModelError, qmd_harness.QmdError, OSError, ValueError) as err:
         _fail(str(err))
     timing["expansions_s"] = round(time.perf_counter() - t0, 1)
+    if expand_only:
+        write_expansions(expand_only, queries, sources, timing["expansions_s"])
+        return
 
     results = {}
     for eng in engines:

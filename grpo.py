@@ -56,6 +56,7 @@ Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation e
 steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
 of recent rollouts falls below `drift_min_format`. Checkpoints are atomic; --resume; Ctrl-C saves
 and exits with status 130; a NaN/inf loss stops with a message and the best adapter kept.
+Under `mlx.launch -n N` the step's prompts are split across ranks (train_grpo's world=, distributed.py).
 """
 
 import runtime
@@ -77,6 +78,7 @@ import click  # noqa: E402
 
 import data as data_mod  # noqa: E402
 import decode  # noqa: E402
+import distributed  # noqa: E402
 import reward  # noqa: E402
 
 GRPO_DEFAULTS = {
@@ -423,7 +425,9 @@ class Group:
         return self.advantages is not None and bool(np.any(self.advantages != 0))
 
 
-def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn=None, objective=None, callback=None, start=0):
+def train_grpo(
+    model, optimizer, prompts, args, *, tokenizer, reward_fn=None, objective=None, callback=None, start=0, world=None
+):
     """GRPO from step `start` to args["steps"]; returns the last step completed.
 
     prompts: the training queries; args: the run's (checked) config; reward_fn(query, text,
@@ -432,6 +436,11 @@ def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn=None, ob
     OBJECTIVES[args["loss_type"]]; callback.on_step(step, groups, stats) logs, evaluates and saves,
     callback.should_stop() ends the run between steps (Ctrl-C, drift guard). The tokenizer renders
     prompts and decodes completions for the reward.
+
+    world (distributed.World; under mlx.launch -n N): each rank rolls out and trains on its share of
+    the step's B prompts (rows r, r+N, ...); advantages and the callback see every rank's groups in
+    one-process order; update() sums token counts and gradients over ranks, so every rank applies
+    the one-process update of the whole batch. The callback should be a CollectiveCallback.
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -447,22 +456,37 @@ def train_grpo(model, optimizer, prompts, args, *, tokenizer, reward_fn=None, ob
         return loss, (stats, old)
 
     loss_and_grad = nn.value_and_grad(model, group_loss)
+    world = world or distributed.World()
     step = start
     while step < args["steps"] and not callback.should_stop():
         t0 = time.perf_counter()
-        mx.random.seed(args["seed"] * 100003 + step)
-        groups = rollout(model, tokenizer, prompts_for_step(prompts, step, args["batch_size"], args["seed"]), args)
+        mx.random.seed((args["seed"] * 100003 + step) * world.size + world.rank)
+        queries = world.shard(prompts_for_step(prompts, step, args["batch_size"], args["seed"]))
+        groups = rollout(model, tokenizer, queries, args)
         t_roll = time.perf_counter() - t0
         score(groups, reward_fn)
-        compute_advantages(groups, args)
+        everyone = world.gather_shards(groups, _group_json, _group_from_json)  # this rank's groups included
+        compute_advantages(everyone, args)
         try:
-            stats = update(model, optimizer, [g for g in groups if g.trains], args, loss_and_grad)
+            stats = update(model, optimizer, [g for g in groups if g.trains], args, loss_and_grad, world)
         except TrainingDiverged as exc:
             raise TrainingDiverged(f"{exc} at step {step + 1}") from None
         step += 1
         stats.update(rollout_s=t_roll, step_s=time.perf_counter() - t0)
-        callback.on_step(step, groups, stats)
+        callback.on_step(step, everyone, stats)
     return step
+
+
+def _group_json(g) -> dict:
+    """What other ranks need of a group: advantages (batch std), metrics (rewards, lengths, validity)."""
+    return {"query": g.query, "completions": g.completions, "finished": g.finished, "texts": g.texts,
+            "rewards": g.rewards.tolist(), "valid": g.valid}  # fmt: skip
+
+
+def _group_from_json(d) -> "Group":
+    import numpy as np
+
+    return Group(d["query"], [], d["completions"], d["finished"], d["texts"], np.array(d["rewards"]), d["valid"])
 
 
 class Callback:
@@ -524,15 +548,23 @@ def compute_advantages(groups, args) -> None:
         g.advantages = group_advantages(g.rewards, scale=scale, batch_std=batch_std, min_std=args["min_group_std"])
 
 
-def update(model, optimizer, groups, args, loss_and_grad) -> dict:
+def update(model, optimizer, groups, args, loss_and_grad, world=None) -> dict:
     """`updates_per_batch` optimizer steps on the groups that carry signal; the stats of the last one.
 
     The reference log-probs come first (GRPO LoRA off, no gradients). The rollout policy's log-probs
     ("old") are not a separate pass: the first update runs with the rollout weights, so its own
     forward pass provides them and later updates reuse them.
+
+    With a `world` of N ranks, `groups` are this rank's: the token and sequence counts (the loss's
+    normaliser) and the loss sums are summed over ranks, and so are the gradients before clipping
+    (each rank's share is already divided by the whole batch's count), so every rank applies the
+    one-process update; a rank whose groups all tie still takes part, with zero gradients.
     """
     import mlx.core as mx
     import mlx.optimizers as optim
+    from mlx.utils import tree_map
+
+    world = world or distributed.World()
 
     masking = args["mask_truncated_completions"]
     for g in groups:
@@ -544,9 +576,10 @@ def update(model, optimizer, groups, args, loss_and_grad) -> dict:
         mx.eval(g.ref_logp)
         g.old_logp = None
     kept = [(c, f) for g in groups for c, f in zip(g.completions, g.finished) if f or not masking]
+    tokens, sequences = world.sum_values([sum(len(c) for c, _ in kept), len(kept)])
     batch = {
-        "tokens": sum(len(c) for c, _ in kept),  # completion tokens trained on
-        "sequences": len(kept),
+        "tokens": int(tokens),  # completion tokens trained on (the whole batch's, on every rank)
+        "sequences": int(sequences),
         "budget": args["batch_size"] * args["group_size"] * args["max_completion_tokens"],
     }
     stats = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "binding": 0.0, "grad_norm": 0.0, "tokens": batch["tokens"]}
@@ -561,6 +594,11 @@ def update(model, optimizer, groups, args, loss_and_grad) -> dict:
             kl_sum += gstats["kl"].item()
             clip_sum += gstats["clipped"].item()
             bind_sum += gstats.get("binding", mx.array(0.0)).item()
+        if world.size > 1:
+            if grads is None:
+                grads = tree_map(mx.zeros_like, model.trainable_parameters())
+            grads = world.sum_tree(grads)
+            loss_sum, kl_sum, clip_sum, bind_sum = world.sum_values([loss_sum, kl_sum, clip_sum, bind_sum])
         if not math.isfinite(loss_sum):
             raise TrainingDiverged(f"loss is {loss_sum}")
         grads, norm = optim.clip_grad_norm(grads, args["max_grad_norm"])
@@ -772,9 +810,18 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
     """Run (or resume) GRPO. With --overwrite the previous run is moved aside, not deleted, until the
     new run has written its first checkpoint; a failure before that puts it back."""
     cfg = runtime.check_config(cfg, GRPO_SCHEMA)
+    world = distributed.World()
+    if world.size > 1:  # mlx.launch: rank 0's config everywhere; only rank 0 prints and writes
+        cfg = world.broadcast_json(cfg)
+        if cfg["batch_size"] % world.size:
+            raise runtime.ConfigError(
+                f"batch_size {cfg['batch_size']} is the prompts of a whole step and must be a multiple of the {world.size} ranks"
+            )
+        if not world.lead:
+            return _run_grpo(cfg, resume, overwrite, lambda *a, **k: None, scorer, None, world)
     replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
     try:
-        return _run_grpo(cfg, resume, overwrite, echo, scorer, replaced)
+        return _run_grpo(cfg, resume, overwrite, echo, scorer, replaced, world)
     except BaseException:
         if replaced.restore():
             echo(
@@ -783,7 +830,7 @@ def run_grpo(cfg, resume=False, overwrite=False, echo=print, scorer=default_scor
         raise
 
 
-def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
+def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced, world) -> dict:
     import mlx.core as mx
     import mlx.optimizers as optim
 
@@ -797,7 +844,8 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     if cfg["data"] is None:
         cfg = {**cfg, "data": sft_split(cfg["sft_adapter"])["data"] or "data"}
     out = Path(cfg["adapter_path"])
-    existing = runtime.open_run_folder(
+    lead = world.lead  # only rank 0 reads and writes the run folder
+    existing = lead and runtime.open_run_folder(
         cfg,
         run_inputs(cfg),
         replaced,
@@ -820,6 +868,13 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         train_q, scorer = [q.query for q in corpus_split["train"]], corpus_split["scorer"]
         if len(train_q) < cfg["batch_size"]:
             raise data_mod.DataError([f"{cfg['corpus']}: only {len(train_q)} training queries"])
+    sft_weights = Path(cfg["sft_adapter"]) / "adapters.safetensors"
+    ours = distributed.fingerprint_texts(train_q) + [distributed.file_crc(sft_weights)] if world.size > 1 else []
+    mismatch = world.check_same("the prompts and SFT adapter (count, CRC32, adapter CRC32)", ours)
+    if mismatch:
+        raise data_mod.DataError(
+            [f"{mismatch}: every machine needs the same --data and --sft-adapter at the same path"]
+        )
     mx.random.seed(cfg["seed"])  # the GRPO LoRA's initial lora_a
     echo(f"loading {cfg['model']} + {cfg['sft_adapter']} ...")
     model, tokenizer, num_layers, params = build_policy(cfg)
@@ -836,20 +891,26 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         state = runtime.load_checkpoint(existing, model, optimizer)
         start, best = state["step"], state.get("best", best)
         echo(f"resuming {out} from {existing.name}")
-    elif overwrite:
+    elif overwrite and lead:
         replaced.move_aside()  # everything is checked and loaded: only now does the old run make way
-    out.mkdir(parents=True, exist_ok=True)
-    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
-    runtime.save_config(out, cfg)
-    if corpus_split is not None:
-        retrieval_reward.write_split(out, corpus_split)
-    metrics = runtime.MetricsLog(out / "metrics.jsonl")
+    start = world.sync_start(model, optimizer, start)  # every rank from rank 0's weights and state
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
+        runtime.save_config(out, cfg)
+        if corpus_split is not None:
+            retrieval_reward.write_split(out, corpus_split)
+    metrics = runtime.MetricsLog(out / "metrics.jsonl") if lead else distributed.NoMetrics()
     metrics.truncate_after(start)
-    metrics.log({"event": "start", "from_step": start, **runtime.environment()})
+    metrics.log({"event": "start", "from_step": start, "ranks": world.size, **runtime.environment()})
     echo(
         f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | LoRA rank {cfg['rank']} on {params['keys']} | "
         f"{len(train_q)} prompts, {len(heldout)} held-out | B={cfg['batch_size']} G={cfg['group_size']} beta={cfg['beta']}"
     )
+    if world.size > 1:
+        share = f"{cfg['batch_size'] // world.size} of every step's {cfg['batch_size']} prompts x {cfg['group_size']}"
+        effective = f"{cfg['batch_size'] * cfg['group_size']} completions"
+        echo(world.banner(share, effective, cfg["learning_rate"]) + "; held-out evaluation runs on rank 0")
 
     run = RunCallback(cfg, model, tokenizer, optimizer, out, metrics, heldout, best, start, echo, replaced)
     run.save_best = lambda extra: save_adapter_folder(out / "best", model, cfg, num_layers, extra)
@@ -858,24 +919,36 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
     with runtime.interruptible(echo, "step") as interrupted:
         run.interrupted = interrupted
         try:
-            if start == 0 and heldout:
+            if start == 0 and heldout and lead:
                 echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
                 run.evaluate(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
             step = train_grpo(
-                model, optimizer, train_q, cfg, tokenizer=tokenizer, reward_fn=reward_fn, callback=run, start=start
+                model,
+                optimizer,
+                train_q,
+                cfg,
+                tokenizer=tokenizer,
+                reward_fn=reward_fn,
+                callback=distributed.CollectiveCallback(run, world),
+                start=start,
+                world=world,
             )
         except TrainingDiverged as exc:
-            _plot(out, metrics)
+            if lead:
+                _plot(out, metrics)
             raise TrainingDiverged(
                 f"{exc}: training stopped; the best adapter (step {best['step']}) is kept in {out / 'best'}"
             ) from None
 
-    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
-    replaced.commit()
-    _plot(out, metrics)
+    if lead:
+        runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"], {"best": best})
+        replaced.commit()
+        _plot(out, metrics)
     stopped_early = interrupted["flag"] and step < cfg["steps"] and not run.stop_reason
     if run.stop_reason:
         echo(run.stop_reason)
+    elif stopped_early and world.size > 1:
+        echo(f"stopped at step {step}; checkpoint saved. Continue with the same mlx.launch command plus --resume")
     elif stopped_early:
         echo(
             f"stopped at step {step}; checkpoint saved. Continue with: python grpo.py --resume --adapter-path {shlex.quote(str(out))}"
@@ -884,6 +957,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced) -> dict:
         echo(f"done: {step} steps in {runtime.hms(time.perf_counter() - run.t_start)}")
     if best["step"] is not None:
         echo(f"best held-out score {100 * best['score']:.1f}% at step {best['step']}: {out / 'best'}")
+    world.any_rank(False)  # barrier: no rank exits (and has mlx.launch end the others) before rank 0 has saved
     return {"step": step, "best": best, "stopped": run.stop_reason, "interrupted": stopped_early}
 
 

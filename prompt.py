@@ -113,9 +113,25 @@ def qmd_grammar(types=LINE_TYPES) -> str:
 
 
 QMD_GRAMMAR = qmd_grammar()
-# QMD 2.8.3's sampling and limits for expansion (dist/llm.js): the Modelfile and `eval.py --gguf` use them.
-QMD_SAMPLING = {"temp": 0.7, "top_k": 20, "top_p": 0.8, "presence_penalty": 0.5}
-QMD_PENALTY_WINDOW = 64  # the presence penalty looks at the last 64 tokens
+# QMD 2.8.3's sampling and limits for expansion (dist/llm.js) as they take effect: eval.py, the demo,
+# the Modelfile and the benchmarks sample with them.
+#
+# The presence penalty is 0 because that is what QMD gets. QMD asks node-llama-cpp for
+# `repeatPenalty: {lastTokens: 64, presencePenalty: 0.5}`, but node-llama-cpp 3.20 (QMD 2.8.3's) builds
+# its penalty sampler only when `penalty`, the repeat penalty, differs from 1 (AddonSampler.cpp:
+# `repeatPenaltyEnabled = repeatPenalty != 1 && ...`), and QMD leaves it unset, at 1. A presence
+# penalty alone is never applied: tests/test_qmd_parity.py checks this on the installed node-llama-cpp,
+# and fails if a later version starts applying it (then set QMD_REQUESTED_PRESENCE_PENALTY here).
+QMD_REQUESTED_PRESENCE_PENALTY = 0.5
+QMD_SAMPLING = {"temp": 0.7, "top_k": 20, "top_p": 0.8, "presence_penalty": 0.0}
+QMD_PENALTY_WINDOW = 64  # a presence penalty (--presence-penalty) looks at the last 64 generated tokens
+
+
+def newline_id(tokenizer) -> int:
+    """The token node-llama-cpp never penalises (llama.cpp's linefeed token: the first id of "\n")."""
+    return tokenizer.encode("\n", add_special_tokens=False)[0]
+
+
 QMD_MAX_TOKENS = 600
 QMD_CONTEXT = 2048
 _TYPE_RANK = {t: i for i, t in enumerate(LINE_TYPES)}

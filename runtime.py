@@ -552,16 +552,24 @@ def config_given() -> bool:
 def run_command(body, usage_errors=()):
     """Run a command's body with the exit statuses scripts rely on: 2 for a usage error (ConfigError,
     ModelError, `usage_errors`), 1 for a diverged run, 130 for a run stopped by Ctrl-C (as a shell
-    reports it), 0 otherwise. Each error is one `error: ...` line, no traceback."""
+    reports it), 0 otherwise. Each error is one `error: ...` line, no traceback; under mlx.launch it
+    names the rank, and a collective that failed because another rank died is exit status 1 too."""
     import click
+
+    import distributed
 
     try:
         result = body()
     except (ConfigError, ModelError, *usage_errors) as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {distributed.rank_prefix()}{err}", err=True)
         sys.exit(2)
     except TrainingDiverged as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"error: {distributed.rank_prefix()}{err}", err=True)
+        sys.exit(1)
+    except RuntimeError as err:  # under mlx.launch: a collective failed because a peer died
+        if not distributed.lost_peer(err):
+            raise
+        click.echo(f"error: {distributed.rank_prefix()}{distributed.lost_peer_message(err)}", err=True)
         sys.exit(1)
     if isinstance(result, dict) and result.get("interrupted"):
         sys.exit(130)

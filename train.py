@@ -14,6 +14,9 @@ How it trains (all of it mlx-lm's own machinery, customised by passing functions
   * Batches are buckets of similar length (sorted by token count, ties shuffled each epoch), padded
     to a multiple of 16, so little compute goes to padding; batch order is shuffled per epoch with
     the seed, and the whole order is a pure function of (seed, batch number) so --resume replays it.
+  * Under `mlx.launch -n N` (ring, JACCL, MPI) each rank takes every N-th row of each batch; the
+    loss is normalised by the whole batch's token count, so mlx-lm's gradient average is exactly the
+    single-process gradient of the same batch (see distributed.py for the collective decisions).
   * float32 on CPU (BLAS), the model's dtype on GPU.
 Safety: a checkpoint (adapter + optimizer state + position) every `save_every` iterations, written
 atomically; Ctrl-C finishes the current optimizer step, saves and exits with status 130; a NaN/inf loss stops the
@@ -35,6 +38,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 import data as data_mod  # noqa: E402
+import distributed  # noqa: E402
 from prompt import encode_example  # noqa: E402
 
 ALL_PROJECTIONS = [
@@ -137,7 +141,12 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
     Training batch number b (0-based, across epochs) is a pure function of (seed, b): epoch e shuffles
     example order with seed+e, stable-sorts by length (so equal lengths mix), cuts batches, then
     shuffles batch order. Resuming skips the first `start_batch` batches. When `stop()` turns true the
-    iterator ends at the next optimizer-step boundary, which ends the trainer's loop cleanly.
+    iterator ends at the next optimizer-step boundary, which ends the trainer's loop cleanly (stop() is
+    asked only there: in a distributed run it is a collective).
+
+    With a `comm_group` of N > 1 ranks (mlx-lm passes its world), rank r keeps rows r, r+N, ... of every
+    batch (length-sorted, so the shares are balanced) and training batches carry a fifth element: the
+    whole batch's target-token count / N, which completion_loss divides by instead of its own count.
     """
     import mlx.core as mx
     import numpy as np
@@ -151,7 +160,10 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
             batches[-1] = list(batches[-1]) + list(rng.choice(len(dataset), batch_size - len(batches[-1])))
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def to_arrays(dataset, idx, max_seq_length):
+    def to_arrays(dataset, idx, max_seq_length, rank=0, size=1, norm=False):
+        if size > 1:  # the whole batch's target count (each row trains len - prompt_len tokens)
+            total = sum(min(len(dataset[i][0]), max_seq_length) - dataset[i][1] for i in idx)
+            idx = idx[rank::size]
         rows = [dataset[i] for i in idx]
         longest = max(len(ids) for ids, _ in rows)
         # inputs are batch[:, :-1]: make that a multiple of PAD_MULTIPLE so few shapes get compiled
@@ -179,34 +191,36 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
         if counters is not None:
             counters["tokens"] += sum(n + 1 for _, n in lengths)
             counters["padded"] += arr.size
-        return mx.array(arr), mx.array(lengths), mx.array(positions), max(shared, 0)
+        batch = (mx.array(arr), mx.array(lengths), mx.array(positions), max(shared, 0))
+        return (*batch, mx.array(total / size, mx.float32)) if size > 1 and norm else batch
 
     def iterate_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
         if len(dataset) < batch_size:
             raise ValueError(f"need at least batch_size={batch_size} examples, have {len(dataset)}")
-        if comm_group is not None and comm_group.size() > 1:
-            raise ValueError("train.py runs on one process; distributed training is not supported")
-        if not loop:  # validation: one pass in length order, no shuffling
+        rank, size = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
+        if batch_size % size:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of the {size} ranks")
+        if not loop:  # validation: one pass in length order, no shuffling (evaluate() sums over ranks)
             order = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
             for i in range(0, len(order) - batch_size + 1, batch_size):
-                yield to_arrays(dataset, order[i : i + batch_size], max_seq_length)
+                yield to_arrays(dataset, order[i : i + batch_size], max_seq_length, rank, size)
             return
         b, epoch = 0, 0
         while True:
             for idx in epoch_batches(dataset, batch_size, epoch):
                 if b >= start_batch:
-                    if stop is not None and stop() and (b - start_batch) % accumulation == 0:
+                    if stop is not None and (b - start_batch) % accumulation == 0 and stop():
                         return
                     if counters is not None:
                         counters["batches"] = b + 1
-                    yield to_arrays(dataset, idx, max_seq_length)
+                    yield to_arrays(dataset, idx, max_seq_length, rank, size, norm=True)
                 b += 1
             epoch += 1
 
     return iterate_batches
 
 
-def completion_loss(model, batch, lengths, positions, shared: int = 0):
+def completion_loss(model, batch, lengths, positions, shared: int = 0, norm=None):
     """Mean cross-entropy over the completion tokens: mlx-lm's default_loss, computed cheaper.
 
     batch (B, T+1) token ids; positions (B, K) indices into the T inputs whose next token is a target
@@ -218,7 +232,9 @@ def completion_loss(model, batch, lengths, positions, shared: int = 0):
       * the transformer runs on every position (the prompt is context), but only the K target
         positions go through the output layer and the log-softmax: with a 49k-152k vocabulary that
         (B, T, V) step is a large share of a CPU step.
-    `lengths` (B, 2) is unused here; it keeps the batch usable with mlx-lm's default_loss.
+    `lengths` (B, 2) is unused here; it keeps the batch usable with mlx-lm's default_loss. `norm`
+    (distributed training) replaces the divisor: the global batch's target count / number of ranks,
+    so the ranks' gradient average equals the gradient of the whole batch's mean loss.
     """
     import mlx.core as mx
 
@@ -238,7 +254,7 @@ def completion_loss(model, batch, lengths, positions, shared: int = 0):
     picked = mx.take_along_axis(targets, index, axis=1)  # (B, K)
     ce = mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, picked[..., None], axis=-1)[..., 0]
     ntoks = valid.sum()
-    return mx.where(valid, ce, 0).sum() / ntoks, ntoks
+    return mx.where(valid, ce, 0).sum() / (ntoks if norm is None else norm), ntoks
 
 
 # ----------------------------------------------------------------------------
@@ -331,9 +347,18 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
     have loaded, and deleted only once the new run has written its first checkpoint; a failure before
     that puts it back."""
     cfg = runtime.check_config(cfg, SFT_SCHEMA)
+    world = distributed.World()
+    if world.size > 1:
+        cfg = world.broadcast_json(cfg)  # rank 0's: on --resume only its disk holds the run's config.yaml
+        if cfg["batch_size"] % world.size:
+            raise runtime.ConfigError(
+                f"batch_size {cfg['batch_size']} is the global batch and must be a multiple of the {world.size} ranks"
+            )
+        if not world.lead:  # the other ranks train in step with rank 0 but write and print nothing
+            return _run_sft(cfg, resume, overwrite, lambda *a, **k: None, None, world)
     replaced = runtime.ReplacedRun(cfg["adapter_path"], RUN_OUTPUTS)
     try:
-        return _run_sft(cfg, resume, overwrite, echo, replaced)
+        return _run_sft(cfg, resume, overwrite, echo, replaced, world)
     except BaseException:
         if replaced.restore():
             echo(
@@ -342,22 +367,25 @@ def run_sft(cfg: dict, resume: bool = False, overwrite: bool = False, echo=print
         raise
 
 
-def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
+def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
     import mlx.core as mx
     from mlx_lm.cli_ui import make_console
     from mlx_lm.tuner.trainer import TrainingArgs, train
 
     out = Path(cfg["adapter_path"])
-    existing = runtime.open_run_folder(
-        cfg,
-        {"data folder": cfg["data"], "base model": cfg["model"]},
-        replaced,
-        resume,
-        overwrite,
-        lambda: json.loads((out / "adapter_config.json").read_text())["train_config"],
-        RESUME_KEYS,
-        echo,
-    )
+    lead = world.lead  # only rank 0 reads and writes the run folder; the others get its decisions
+    existing = None
+    if lead:
+        existing = runtime.open_run_folder(
+            cfg,
+            {"data folder": cfg["data"], "base model": cfg["model"]},
+            replaced,
+            resume,
+            overwrite,
+            lambda: json.loads((out / "adapter_config.json").read_text())["train_config"],
+            RESUME_KEYS,
+            echo,
+        )
 
     # Data first: a broken file fails in a second, before any model is loaded.
     echo(f"reading data from {cfg['data']} ...")
@@ -378,6 +406,10 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
         )
     if valid_set and len(valid_set) < cfg["batch_size"]:
         valid_set = []  # too few to form one validation batch
+    mismatch = world.check_same("the tokenized data (examples, tokens, CRC32; train then valid)",
+                                distributed.fingerprint(train_set) + distributed.fingerprint(valid_set))  # fmt: skip
+    if mismatch:
+        raise data_mod.DataError([f"{mismatch}: every machine needs the same --data and --model at the same path"])
 
     optimizer = make_optimizer(cfg, echo)
     start = 0
@@ -386,14 +418,18 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
         echo(f"resuming {out} from {existing.name}")
     elif resume:
         echo(f"nothing to resume in {out}: starting a new run")
-    elif overwrite:
+    elif overwrite and lead:
         replaced.move_aside()  # data and model are loaded and checked: only now does the old run make way
-    out.mkdir(parents=True, exist_ok=True)
-    runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
-    runtime.save_config(out, cfg)
-    metrics = runtime.MetricsLog(out / "metrics.jsonl")
+    start = world.sync_start(model, optimizer, start)  # every rank starts from rank 0's weights and state
+    if world.size > 1:
+        mx.random.seed(cfg["seed"] + 1000003 * world.rank)  # LoRA dropout: a different mask on every rank
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        runtime.atomic_write_json(out / "adapter_config.json", adapter_config(cfg, num_layers))
+        runtime.save_config(out, cfg)
+    metrics = runtime.MetricsLog(out / "metrics.jsonl") if lead else distributed.NoMetrics()
     metrics.truncate_after(start)
-    metrics.log({"event": "start", "from_step": start, **runtime.environment()})
+    metrics.log({"event": "start", "from_step": start, "ranks": world.size, **runtime.environment()})
     if start >= cfg["iters"]:
         echo(f"{out} already finished {start}/{cfg['iters']} iterations; raise --iters to train further")
         return {"step": start, "adapter_path": str(out)}
@@ -406,6 +442,10 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
     echo(
         f"data {len(train_set)} train / {len(valid_set)} valid examples, {n_tok / len(train_set):.0f} tokens each on average"
     )
+    if world.size > 1:
+        share = f"{cfg['batch_size'] // world.size} of every batch of {cfg['batch_size']}"
+        effective = f"{cfg['batch_size'] * cfg['grad_accumulation_steps']} examples"
+        echo(world.banner(share, effective, cfg["learning_rate"]) + "; tok/s below is rank 0's share")
 
     # -- callbacks: progress lines, metrics, validation, checkpoints, NaN guard, Ctrl-C.
     # mlx-lm calls back after every iteration (steps_per_report=1) and never validates itself: its
@@ -465,7 +505,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
                 self.report(step, info, log=False)
             if valid_set and (step % cfg["steps_per_eval"] == 0 or step == cfg["iters"]):
                 validate(step)
-            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0:
+            if step - clock["saved"] >= cfg["save_every"] and step % cfg["grad_accumulation_steps"] == 0 and lead:
                 runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
                 replaced.commit()
                 clock["saved"] = last_good["step"] = step
@@ -512,9 +552,12 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
         grad_checkpoint=cfg["grad_checkpoint"],
         grad_accumulation_steps=cfg["grad_accumulation_steps"],
     )
-    iterate = make_iterate_batches(
-        cfg["seed"], start, lambda: interrupted["flag"], counters, cfg["grad_accumulation_steps"]
-    )
+
+    def stop():  # asked at optimizer-step boundaries; a Ctrl-C on any rank stops them all there
+        interrupted["flag"] = world.any_rank(interrupted["flag"])
+        return interrupted["flag"]
+
+    iterate = make_iterate_batches(cfg["seed"], start, stop, counters, cfg["grad_accumulation_steps"])
     make_console().quiet = True  # our progress line replaces mlx-lm's console UI
     model.train()
     with runtime.interruptible(echo, "optimizer step", interrupted):
@@ -532,7 +575,8 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
                 training_callback=Callback(),
             )
         except TrainingDiverged as exc:
-            _plot(out, metrics)
+            if lead:
+                _plot(out, metrics)
             raise TrainingDiverged(
                 f"{exc}: training stopped. The last good adapter (step {last_good['step']}) is kept in {out}/adapters.safetensors. "
                 "Try a lower --learning-rate."
@@ -542,16 +586,23 @@ def _run_sft(cfg, resume, overwrite, echo, replaced) -> dict:
             scratch.unlink(missing_ok=True)
 
     step = counters["batches"]
-    runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
-    replaced.commit()
-    _plot(out, metrics)
-    if interrupted["flag"] and step < cfg["iters"]:
+    if lead:
+        runtime.save_checkpoint(out, model, optimizer, step, cfg["keep_checkpoints"])
+        replaced.commit()
+        _plot(out, metrics)
+    stopped = interrupted["flag"] and step < cfg["iters"]
+    if stopped and world.size > 1:
+        echo(f"stopped at step {step}; checkpoint saved. Continue with the same mlx.launch command plus --resume")
+    elif stopped:
         echo(
             f"stopped at step {step}; checkpoint saved. Continue with: python train.py sft --resume --adapter-path {shlex.quote(str(out))}"
         )
-        return {"step": step, "adapter_path": str(out), "interrupted": True}
-    echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
-    return {"step": step, "adapter_path": str(out), "interrupted": False}
+    else:
+        echo(f"done: {step} iterations in {runtime.hms(time.perf_counter() - clock['t0'])}; adapter in {out}")
+    # Barrier: no rank exits before rank 0 has saved and said so (mlx.launch kills the other ranks as
+    # soon as one exits non-zero, and 130 counts: it cut rank 0 off mid-message in a test).
+    world.any_rank(False)
+    return {"step": step, "adapter_path": str(out), "interrupted": stopped}
 
 
 def _plot(out, metrics):

@@ -19,21 +19,43 @@ For each set: agreement on "Excellent or not" (both Excellent / both not / only 
 Cohen's kappa (agreement beyond what the two Excellent rates give by chance), agreement on the exact
 five-step rating, and every disagreement with both scores, our breakage kinds and QMD's deductions.
 Not part of `make bench`: it needs a QMD checkout (`git clone https://github.com/tobi/qmd`).
+
+    python bench/bench_agree.py --retrieval notes.json --retrieval docs.json     # eval_retrieval.py -o reports
+
+A third opinion, the one the rubric stands in for: does a higher score mean QMD finds the right document
+more often? For every model source of an eval_retrieval.py report, every engine and every query, the
+expansion's score is set against its retrieval lift (nDCG@10 with the expansion minus `none`, the raw
+query alone), and the two are rank-correlated (Spearman, average ranks for ties), overall and per
+category, pooled over the report's sources, with a 95% interval from resampling queries (a query
+brings all its sources' points, which are not independent). Twice: with reward.py as it is and with
+the rubric before issue 21's breakage rules (reward.py at OLD_RUBRIC_COMMIT, loaded from git into a
+temp module; the old scorer has no truncation flag). Queries QMD answered from BM25 alone (strong
+signal: the expansion is never searched, the lift is 0 whatever it says) are counted apart as well,
+and so are the points whose ranking the expansion changed at all (most lifts are exact ties at 0).
+--qmd-reward is optional with --retrieval.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import click
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import reward  # noqa: E402
+
+# reward.py's last commit before the breakage rubric (3088b46, issue 21), which reached main through
+# f3e107b and again through d0e117c "Merge branch 'reward'"; d0e117c's first parent already has it.
+OLD_RUBRIC_COMMIT = "5e2d143"
 
 
 def load_qmd_reward(path: Path):
@@ -49,6 +71,153 @@ def load_qmd_reward(path: Path):
     if not hasattr(mod, "score_expansion_detailed"):
         raise click.BadParameter(f"{path}: has no score_expansion_detailed(query, text)")
     return mod
+
+
+def load_old_rubric(commit: str = OLD_RUBRIC_COMMIT):
+    """reward.py as of `commit`, read with `git show` into a temp file and imported under another name
+    (it imports the current prompt.py; nothing in the work tree changes)."""
+    try:
+        src = subprocess.run(
+            ["git", "show", f"{commit}:reward.py"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise click.ClickException(f"cannot read reward.py at {commit} from git ({exc})") from None
+    with tempfile.NamedTemporaryFile("w", suffix=".py", prefix="reward_old_", delete=False, encoding="utf-8") as f:
+        f.write(src)
+    name = f"reward_{commit}"
+    spec = importlib.util.spec_from_file_location(name, f.name)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        Path(f.name).unlink()
+    return mod
+
+
+def average_ranks(x) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.zeros(len(counts))
+    np.add.at(sums, inverse, ranks)
+    return (sums / counts)[inverse]
+
+
+def spearman(x, y) -> float | None:
+    """Spearman's rho: Pearson's r of the average ranks; None when either side is constant (or n < 3)."""
+    if len(x) < 3:
+        return None
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return None if den == 0 else float((rx * ry).sum() / den)
+
+
+def spearman_ci(points, n_boot: int = 1000, seed: int = 0) -> tuple:
+    """(rho, low, high): points are (cluster, x, y); clusters (queries) are resampled with replacement."""
+    rho = spearman([p[1] for p in points], [p[2] for p in points])
+    by = defaultdict(list)
+    for c, x, y in points:
+        by[c].append((x, y))
+    keys = list(by)
+    if rho is None or len(keys) < 3:
+        return rho, None, None
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        pick = [by[keys[i]] for i in rng.integers(0, len(keys), len(keys))]
+        xs = [x for g in pick for x, _ in g]
+        ys = [y for g in pick for _, y in g]
+        r = spearman(xs, ys)
+        if r is not None:
+            boots.append(r)
+    if not boots:
+        return rho, None, None
+    return rho, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def retrieval_points(report: dict, rubrics: dict) -> dict:
+    """{engine: [point]} with a point per (model source, query): category, query, source, lift, strong
+    signal, and each rubric's score of the source's text."""
+    queries = report["queries"]
+    cache = {}
+    out = {}
+    for eng, res in report["engines"].items():
+        none = res["runs"]["none"]["per_query"]
+        pts = []
+        for src, run in res["runs"].items():
+            if src == "none":
+                continue
+            exps = report["sources"][src]["expansions"]
+            for i, (q, r) in enumerate(zip(queries, run["per_query"])):
+                text, cut = exps[i]["text"] or "", bool(exps[i].get("truncated"))
+                key = (q["query"], text, cut)
+                if key not in cache:
+                    cache[key] = {name: fn(q["query"], text, cut) for name, fn in rubrics.items()}
+                pts.append(
+                    {
+                        "query": q["query"],
+                        "category": q.get("category", ""),
+                        "source": src,
+                        "lift": r["ndcg@10"] - none[i]["ndcg@10"],
+                        "strong_signal": bool(r["strong_signal"]),
+                        "scores": cache[key],
+                    }
+                )
+        out[eng] = pts
+    return out
+
+
+def correlate(points: list, rubrics, n_boot: int = 1000) -> dict:
+    """Spearman rho [95% CI] of each rubric's score against the lift: overall, searched only, per category."""
+
+    def rhos(pts):
+        row = {"n": len(pts), "queries": len({p["query"] for p in pts}), "changed": sum(p["lift"] != 0 for p in pts)}
+        for name in rubrics:
+            rho, lo, hi = spearman_ci([(p["query"], p["scores"][name], p["lift"]) for p in pts], n_boot)
+            row[name] = {"rho": rho, "low": lo, "high": hi}
+        return row
+
+    cats = defaultdict(list)
+    for p in points:
+        cats[p["category"]].append(p)
+    return {
+        "overall": rhos(points),
+        "searched": rhos([p for p in points if not p["strong_signal"]]),
+        "changed": rhos([p for p in points if p["lift"] != 0]),
+        "per_category": {c: rhos(ps) for c, ps in sorted(cats.items())},
+        "per_source": {
+            s: rhos([p for p in points if p["source"] == s]) for s in dict.fromkeys(p["source"] for p in points)
+        },
+    }
+
+
+def _rho(d) -> str:
+    if d["rho"] is None:
+        return "n/a"
+    if d["low"] is None:
+        return f"{d['rho']:+.2f}"
+    return f"{d['rho']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def show_retrieval(name: str, res: dict, rubrics) -> None:
+    print(f"\n## {name}")
+    print("| queries | points (source x query) | lift != 0 | " + " | ".join(f"rho, {r}" for r in rubrics) + " |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in rubrics) + " |")
+    rows = [("all", res["overall"]), ("expansion searched (no strong signal)", res["searched"])]
+    rows += [("only where the ranking changed (lift != 0)", res["changed"])]
+    rows += [(f"category {c}", v) for c, v in res["per_category"].items()]
+    rows += [(f"source {s}", v) for s, v in res["per_source"].items()]
+    for label, v in rows:
+        print(
+            f"| {label} ({v['queries']}) | {v['n']} | {v['changed']} | "
+            + " | ".join(_rho(v[r]) for r in rubrics)
+            + " |"
+        )
 
 
 def eval_items(path: Path) -> list:
@@ -159,9 +328,18 @@ def show(name: str, res: dict, limit: int) -> None:
 @click.option(
     "--qmd-reward",
     "qmd_path",
-    required=True,
     type=click.Path(path_type=Path),
     help="A QMD checkout (its finetune/reward.py is used) or the reward.py file itself.",
+)
+@click.option(
+    "--retrieval",
+    "retrieval_reports",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="eval_retrieval.py -o report(s): rank-correlate the rubric's score with each expansion's nDCG@10 lift.",
+)
+@click.option(
+    "--old-rubric", default=OLD_RUBRIC_COMMIT, show_default=True, help="Commit of the rubric to compare with."
 )
 @click.option(
     "--eval",
@@ -180,7 +358,29 @@ def show(name: str, res: dict, limit: int) -> None:
 @click.option("--data/--no-data", "with_data", default=True, show_default=True, help="Also compare on data/*.jsonl.")
 @click.option("--limit", default=40, show_default=True, help="Disagreements listed per set.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write every row here.")
-def main(qmd_path, evals, broken, with_data, limit, json_out):
+def main(qmd_path, retrieval_reports, old_rubric, evals, broken, with_data, limit, json_out):
+    if retrieval_reports:
+        old = load_old_rubric(old_rubric)
+        rubrics = {
+            "reward.py now": lambda q, t, cut: reward.score(q, t, truncated=cut).percentage,
+            f"before issue 21 ({old_rubric})": lambda q, t, cut: old.score(q, t).percentage,
+        }
+        if qmd_path:
+            qmd = load_qmd_reward(qmd_path)
+            rubrics["QMD's reward.py"] = lambda q, t, cut: float(qmd.score_expansion_detailed(q, t)["percentage"])
+        results = {}
+        for path in retrieval_reports:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            for eng, pts in retrieval_points(report, rubrics).items():
+                name = f"{path} ({report['config'].get('corpus_name', '')}), engine {eng}: score vs nDCG@10 lift"
+                results[name] = correlate(pts, rubrics) | {"points": pts}
+                show_retrieval(name, results[name], rubrics)
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"\nrows written to {json_out}")
+        return
+    if not qmd_path:
+        raise click.UsageError("give --qmd-reward (a QMD checkout) or --retrieval REPORT.json")
     qmd = load_qmd_reward(qmd_path)
     evals = list(evals) or sorted((ROOT / "adapters").glob("demo*/eval*.json"))
     sets = {}

@@ -91,7 +91,7 @@ def child(model: str, size: int, repeats: int) -> dict:
     step_s = common.median_time(sft_step, repeats=repeats, warmup=1)
     m.eval()
     prompts = [prompt_ids(tok, ex.query) for ex in common.pick_examples(16, seed=1)]
-    sampling = {"temp": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 0.5}
+    sampling = {"temp": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 0.5}  # the penalty's cost included
 
     def decode_steps(n):  # n decode steps of 16 rows (rows never stop: no stop ids)
         decode.generate(m, prompts, max_tokens=n, **sampling)

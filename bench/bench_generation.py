@@ -3,7 +3,7 @@
     python bench/bench_generation.py [--adapter adapters/demo] [--max-tokens 256] [--quick]
 
 Both sides expand the 64 queries of evals/queries.txt with QMD's sampling (temperature 0.7, top-k 20,
-top-p 0.8, presence penalty 0.5 over 64 tokens) and the same cap (eval.py's default, 256 tokens;
+top-p 0.8; prompt.QMD_SAMPLING) and the same cap (eval.py's default, 256 tokens;
 expansions average ~80). The model is the demo model (SmolLM2-135M-Instruct) with the SFT adapter of
 `make demo` - a tuned model, so completions end where real ones do, not at the cap.
   * ours: eval.generate_batch - decode.py's batched sampler, `--batch-size` prompts together, in MLX
@@ -25,8 +25,6 @@ from pathlib import Path
 import click
 import common
 
-QMD_SAMPLING = {"temp": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 0.5}
-
 
 @click.command()
 @click.option(
@@ -42,6 +40,7 @@ def main(adapter, max_tokens, batch_size, seed, quick):
     import convert
     import eval as ev
     from data import read_queries
+    from prompt import QMD_SAMPLING  # temp 0.7, top-p 0.8, top-k 20
 
     if not (Path(adapter) / "adapters.safetensors").exists():
         common.record(

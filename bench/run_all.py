@@ -35,6 +35,7 @@ PLAN = [
     ("bench_sft.py", "demo", ["--examples", "16"]),
     ("bench_grpo.py", "tiny", []),
     ("bench_grpo.py", "demo", ["--batch-size", "2", "--max-tokens", "32", "--steps", "3"]),
+    ("bench_distributed.py", "tiny", []),  # 2 ranks vs 1 (mlx.launch over loopback), all-reduce times
     # needs the demo adapter (make demo); records BLOCKED without it
     ("bench_generation.py", "demo", []),
 ]

@@ -391,7 +391,7 @@ def test_modelfile_template_stops_and_qmd_sampling(exported, fused_mlx):
         "PARAMETER temperature 0.7",
         "PARAMETER top_k 20",
         "PARAMETER top_p 0.8",
-        "PARAMETER presence_penalty 0.5",
+        "PARAMETER presence_penalty 0.0",
         "PARAMETER repeat_last_n 64",
         "PARAMETER num_predict 600",
         "PARAMETER num_ctx 2048",
@@ -730,7 +730,7 @@ def test_eval_gguf_uses_qmd_grammar_and_sampling(exported, tmp_path):
     data = json.loads(scores.read_text())
     cfg = data["config"]
     assert cfg["grammar"] is True and cfg["max_tokens"] == 12
-    assert (cfg["temp"], cfg["top_k"], cfg["top_p"], cfg["presence_penalty"]) == (0.7, 20, 0.8, 0.5)
+    assert (cfg["temp"], cfg["top_k"], cfg["top_p"], cfg["presence_penalty"]) == (0.7, 20, 0.8, 0.0)
     for r in data["results"]:  # a random model, yet every line has QMD's shape: the grammar held it
         assert r["text"].split(":")[0] in ("lex", "vec", "hyde"), r["text"]
         assert all(line[: line.find(":")] in ("lex", "vec", "hyde") for line in r["text"].splitlines()[:-1])
@@ -749,6 +749,24 @@ def test_eval_gguf_greedy_without_grammar_matches_mlx_text(exported, fused_mlx):
     )
     mlx_texts, _ = ev.generate_batch(model, tok, qs, max_tokens=10, batch_size=1)
     assert texts == mlx_texts and stats["generated_tokens"] > 0
+
+
+def test_eval_gguf_presence_penalty_is_the_batched_decoders(exported, fused_mlx):
+    # node-llama-cpp's rule (generated tokens only, the newline exempt) on both paths: greedy texts agree
+    # (50: the random model's margins are wide, so a smaller penalty changes nothing)
+    import eval as ev
+
+    out, _ = exported
+    model, tok, _ = fused_mlx
+    llm = ev.load_gguf(out / "qmd-query-expansion-f16.gguf")
+    assert llm.token_nl() == prompt.newline_id(tok)
+    qs = QUERIES[:3]
+    greedy = {"temp": 0.0, "top_k": 0, "top_p": 1.0}
+    texts, _ = ev.generate_gguf(llm, qs, max_tokens=12, presence_penalty=50.0, grammar=False, **greedy)
+    mlx_texts, _ = ev.generate_batch(model, tok, qs, max_tokens=12, batch_size=3, presence_penalty=50.0, **greedy)
+    plain, _ = ev.generate_gguf(llm, qs, max_tokens=12, presence_penalty=0.0, grammar=False, **greedy)
+    # a lone byte of a split UTF-8 character: the HF tokenizer writes U+FFFD, llama.cpp drops it
+    assert texts == [t.replace("\ufffd", "") for t in mlx_texts] and texts != plain
 
 
 def test_eval_gguf_rejects_mlx_only_flags(exported):

@@ -11,12 +11,23 @@ from prompt import prompt_ids
 QUERIES = ["auth config", "how do I rotate the webhook signing secret", "rust borrow checker", "日本語 検索"]
 
 
-def reference(model, prompt, max_tokens, stops=(), presence_penalty=0.0):
+def qmd_penalty(prompt_len, penalty, exempt):
+    """node-llama-cpp's presence penalty, written out for the test: the distinct ids among the last
+    64 generated tokens, `exempt` aside, lose `penalty` (nothing from the prompt)."""
+
+    def process(tokens, logits):
+        ids = sorted(set(tokens[prompt_len:].tolist()[-64:]) - set(exempt))
+        return logits - mx.array([[penalty if i in ids else 0.0 for i in range(logits.shape[-1])]])
+
+    return process
+
+
+def reference(model, prompt, max_tokens, stops=(), presence_penalty=0.0, exempt=()):
     """Greedy tokens from mlx-lm's generate_step, cut after the first stop token."""
     from mlx_lm.generate import generate_step
-    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+    from mlx_lm.sample_utils import make_sampler
 
-    procs = make_logits_processors(presence_penalty=presence_penalty or None, presence_context_size=64)
+    procs = [qmd_penalty(len(prompt), presence_penalty, exempt)] if presence_penalty else []
     out = []
     for tok, _ in generate_step(
         mx.array(prompt), model, max_tokens=max_tokens, sampler=make_sampler(0.0), logits_processors=procs
@@ -25,6 +36,16 @@ def reference(model, prompt, max_tokens, stops=(), presence_penalty=0.0):
         if out[-1] in stops:
             break
     return out
+
+
+def reference_with(model, prompt, max_tokens, procs):
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    steps = generate_step(
+        mx.array(prompt), model, max_tokens=max_tokens, sampler=make_sampler(0.0), logits_processors=procs
+    )
+    return [int(tok) for tok, _ in steps]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +80,7 @@ def test_stop_tokens_end_rows_and_finished_rows_leave_the_batch(tiny_model, prom
     assert finished >= 3
 
 
-def test_presence_penalty_matches_mlx_lm_processor(tiny_model, prompts):
+def test_presence_penalty_counts_generated_tokens_only_as_node_llama_cpp_does(tiny_model, prompts):
     model, _ = tiny_model
     groups = decode.generate(model, prompts, max_tokens=10, presence_penalty=3.0)
     changed = False
@@ -67,6 +88,24 @@ def test_presence_penalty_matches_mlx_lm_processor(tiny_model, prompts):
         assert sample.tokens == reference(model, p, 10, presence_penalty=3.0)
         changed |= sample.tokens != reference(model, p, 10)
     assert changed  # the penalty did something
+    # the one-sequence processor eval.py uses is the same rule
+    for p, (sample,) in zip(prompts, groups):
+        procs = [decode.presence_processor(len(p), 3.0, 64)]
+        assert sample.tokens == reference_with(model, p, 10, procs)
+
+
+def test_exempt_tokens_are_never_penalised(tiny_model, prompts):
+    model, _ = tiny_model
+    plain = [s.tokens for (s,) in decode.generate(model, prompts, max_tokens=10, presence_penalty=3.0)]
+    # exempt the token the unpenalised model repeats most (the newline's role in QMD): the penalty
+    # keeps it from repeating, the exemption lets it
+    free = [reference(model, p, 10) for p in prompts]
+    common = max({t for row in free for t in row}, key=lambda t: max(row.count(t) for row in free))
+    assert any(row.count(common) > 1 for row in free) and not any(row.count(common) > 1 for row in plain)
+    groups = decode.generate(model, prompts, max_tokens=10, presence_penalty=3.0, penalty_exempt=[common])
+    for p, (sample,) in zip(prompts, groups):
+        assert sample.tokens == reference(model, p, 10, presence_penalty=3.0, exempt=[common])
+    assert [s.tokens for (s,) in groups] != plain
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(tiny_model, prompts):

@@ -115,3 +115,26 @@ def test_demo_searches_the_shipped_notes_with_and_without_expansion(tiny_gguf, m
     assert "without expansion (qmd search): logrotate-nginx.md" in out
     assert "with the tuned model (qmd query): logrotate-nginx.md" in out
     assert timings["qmd search"] > 0
+
+
+def test_node_llama_cpp_ignores_a_presence_penalty_without_a_repeat_penalty(tiny_gguf, tmp_path):
+    """Why prompt.QMD_SAMPLING has no presence penalty: QMD asks for one without `penalty`, and
+    node-llama-cpp then builds no penalty sampler. If this fails, node-llama-cpp now applies it: set
+    QMD_SAMPLING's presence penalty to QMD_REQUESTED_PRESENCE_PENALTY."""
+    import json
+    import subprocess
+
+    probe = qmd_harness.QMD_DIR / "penalty_probe.mjs"
+    proc = subprocess.run(
+        [str(qmd_harness.node_binary()), str(probe), str(tiny_gguf), "/no_think Expand this search query: auth"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=qmd_harness.node_env(tmp_path, threads=2),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["penalty_set"] != out["none"]  # the probe sees a penalty when one is applied
+    assert out["qmd"] == out["none"]  # QMD's setting applies none
+    assert prompt.QMD_SAMPLING["presence_penalty"] == 0.0 and prompt.QMD_REQUESTED_PRESENCE_PENALTY == 0.5

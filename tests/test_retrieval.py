@@ -379,3 +379,25 @@ def test_cli_mlx_source_on_the_tiny_model(tiny_model_path, tmp_path):
     for e in base["expansions"]:  # random weights write no valid line: QMD's fallback hyde line only
         assert e["fallback"] and e["lines"] == [["hyde", f"Information about {e['query']}"]]
     assert list(rep["engines"]["hybrid"]["runs"]) == ["none", "base"]
+
+
+def test_cli_expand_only_writes_what_expansions_reads(tiny_model_path, tmp_path):
+    """--expand-only: generate once, search later (several adapters in one run, paired on the same queries)."""
+    q = write_jsonl(tmp_path / "q.jsonl", QUERIES)
+    x = tmp_path / "tiny.jsonl"
+    args = ["--corpus", "evals/notes", "--queries", str(q), "--model", str(tiny_model_path), "--max-tokens", "4"]
+    result = run_cli(args + ["--expand-only", str(x)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in x.read_text().splitlines()]
+    assert [r["query"] for r in rows] == [r["query"] for r in QUERIES]
+    assert all(set(r) == {"query", "category", "text", "truncated"} for r in rows)
+    assert all(r["truncated"] for r in rows)  # 4 tokens of random weights never reach the end token
+    out = tmp_path / "rep.json"
+    args = ["--corpus", "evals/notes", "--queries", str(q), "--engine", "hybrid", "--no-vectors"]
+    result = run_cli(args + ["--expansions", str(x), "--expansions", str(x), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rep = json.loads(out.read_text())
+    assert [e["text"] for e in rep["sources"]["file:tiny"]["expansions"]] == [r["text"] for r in rows]
+    assert "file:tiny-2 vs file:tiny" in rep["engines"]["hybrid"]["pairs"]
+    result = run_cli(args + ["--expand-only", str(x)])  # nothing generates: refused
+    assert result.exit_code == 2 and "exactly one model source" in result.output
