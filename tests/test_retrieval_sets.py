@@ -248,3 +248,22 @@ def test_the_docs_builder_replaces_only_its_own_corpus(tmp_path):
     assert CliRunner().invoke(build_docs.main, [str(out)]).exit_code == 0  # its own output: rebuilt
     assert not (out / "stale.md").exists() and (out / build_docs.MARKER).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_the_pip_builder_shares_the_safe_swap(tmp_path, monkeypatch):
+    # build_pip_docs.py writes through build_docs.write_corpus: rebuilds its own folder, refuses others
+    spec = importlib.util.spec_from_file_location("build_pip_docs", SETS / "build_pip_docs.py")
+    pip_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pip_docs)
+    monkeypatch.setattr(pip_docs, "pages", lambda: iter([("pip/cli/cache", "# pip cache\n\nWhere pip keeps it.\n")]))
+    out = tmp_path / "pip"
+    assert pip_docs.build(out) == ["pip/cli/cache.md"]
+    (out / "stale.md").write_text("left from an older build")
+    assert pip_docs.build(out) == ["pip/cli/cache.md"] and not (out / "stale.md").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "diary.md").write_text("my own note")
+    result = CliRunner().invoke(pip_docs.main, [str(mine)])
+    assert result.exit_code != 0 and "was not built by this script" in result.output
+    assert (mine / "diary.md").read_text() == "my own note"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left

@@ -422,32 +422,42 @@ MARKER = ".qmd-docs-corpus"  # written into every corpus this script builds
 def build(outdir: Path) -> list[str]:
     """Write the corpus into outdir; returns the sorted relative paths written.
 
-    The corpus is built in a sibling temp folder and swapped in whole, so an interrupted build leaves
-    the old corpus or none. An existing outdir is replaced only if this script built it (its marker
-    file is there) or it is empty: never a folder of someone's own notes.
+    Written by write_corpus: atomically, and never over a folder this script did not build.
     """
     check_sdists()
-    if outdir.exists() and any(outdir.iterdir()) and not (outdir / MARKER).exists():
+
+    def files():
+        for name, version, _, docs, skip in SDISTS:
+            for rel, md in pages(name, version, docs, skip):
+                parts = split_page(md) if len(md) > SPLIT_CHARS else []
+                if len(parts) > 1:
+                    yield from ((f"{rel}/{stem}.md", text) for stem, text in parts)
+                else:
+                    yield f"{rel}.md", md
+
+    return write_corpus(outdir, files(), MARKER, "evals/retrieval/build_docs.py")
+
+
+def write_corpus(outdir: Path, files, marker: str, builder: str) -> list:
+    """Write (relative path, text) files as the corpus in outdir; sorted paths written.
+
+    Built in a sibling temp folder and swapped in whole, so an interrupted build leaves the old corpus
+    or none. An existing outdir is replaced only if `builder` made it (its `marker` file is there) or
+    it is empty: never a folder of someone's own notes. Shared with build_pip_docs.py."""
+    if outdir.exists() and any(outdir.iterdir()) and not (outdir / marker).exists():
         raise click.ClickException(
-            f"{outdir} exists and was not built by this script (no {MARKER} in it): give an empty or new folder"
+            f"{outdir} exists and was not built by this script (no {marker} in it): give an empty or new folder"
         )
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
     try:
         written = []
-        for name, version, _, docs, skip in SDISTS:
-            for rel, md in pages(name, version, docs, skip):
-                parts = split_page(md) if len(md) > SPLIT_CHARS else []
-                if len(parts) > 1:
-                    targets = [(f"{rel}/{stem}.md", text) for stem, text in parts]
-                else:
-                    targets = [(f"{rel}.md", md)]
-                for path, text in targets:
-                    dest = tmp / path
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_text(text, encoding="utf-8")
-                    written.append(path)
-        (tmp / MARKER).write_text("built by evals/retrieval/build_docs.py\n", encoding="utf-8")
+        for path, text in files:
+            dest = tmp / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text, encoding="utf-8")
+            written.append(path)
+        (tmp / marker).write_text(f"built by {builder}\n", encoding="utf-8")
         if outdir.exists():
             old = outdir.with_name(f".{outdir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

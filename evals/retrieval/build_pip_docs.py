@@ -17,11 +17,9 @@ directive (the `cli/` stubs) are left out. Deterministic: sorted files, no dates
 """
 
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import click
@@ -86,25 +84,8 @@ def pages():
 
 def build(outdir: Path) -> list:
     """Write the corpus into outdir (replacing only a folder this script built, or an empty one)."""
-    if outdir.exists() and any(outdir.iterdir()) and not (outdir / MARKER).exists():
-        raise click.ClickException(f"{outdir} exists and was not built by this script (no {MARKER}): give a new folder")
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    try:
-        written = []
-        for rel, md in pages():
-            dest = tmp / f"{rel}.md"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(md, encoding="utf-8")
-            written.append(f"{rel}.md")
-        (tmp / MARKER).write_text("built by evals/retrieval/build_pip_docs.py\n", encoding="utf-8")
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        tmp.rename(outdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return written
+    files = ((f"{rel}.md", md) for rel, md in pages())
+    return build_docs.write_corpus(outdir, files, MARKER, "evals/retrieval/build_pip_docs.py")
 
 
 @click.command()
