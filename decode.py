@@ -15,10 +15,10 @@ by row. Here the batch is fixed, so each step is one forward pass plus one batch
      position and sample - greedy is an argmax, temperature sampling a categorical draw over
      logits / temp; top-k and top-p (on the untempered distribution, as llama.cpp and mlx-lm do)
      mask logits first; a presence penalty subtracts a constant from every token the row generated
-     in its last `presence_window` tokens, the `penalty_exempt` ids (the newline) aside - what
-     node-llama-cpp, QMD's runtime, does (LlamaChat.getPenaltyTokens: the response's last 64 tokens,
-     newline excluded; mlx-lm's processor and llama-cpp-python also penalise the prompt's tail and
-     the newline, which makes a model look less repetitive than it is in QMD). All rows at once: a
+     in its last `presence_window` tokens, the `penalty_exempt` ids (the newline) aside - the rule of
+     node-llama-cpp, QMD's runtime, when it applies one (LlamaChat.getPenaltyTokens: the response's
+     last 64 tokens, newline excluded; mlx-lm's processor and llama-cpp-python also penalise the
+     prompt's tail and the newline). QMD's own setting applies none (prompt.QMD_SAMPLING). All rows at once: a
      gather and a scatter of `presence_window` columns, each token counted once, not a vocabulary-sized mask.
      The next step's graph is queued (async_eval) before the current tokens are read back, so
      host-side bookkeeping overlaps the forward pass.
@@ -67,41 +67,41 @@ def generate(
     stops = set(int(t) for t in stop_ids)
     sample = _make_sampler(temp, top_p, top_k)
 
-    # The penalty window: (rows, presence_window) token ids and whether each slot counts. It starts
+    # The penalty window: (rows, presence_window) token ids and whether each slot counted. It starts
     # empty (id 0, not counted: only generated tokens are penalised) and slides by one each step.
-    window = counts = None
+    window = counted = None
     if presence_penalty:
         window = mx.zeros((len(rows), presence_window), mx.int32)
-        counts = mx.zeros((len(rows), presence_window), mx.bool_)
+        counted = mx.zeros((len(rows), presence_window), mx.bool_)
         exempt = mx.array(sorted({int(t) for t in penalty_exempt}) or [-1], mx.int32)
 
-    def penalised_sample(logits, window, counts):
+    def penalised_sample(logits, window, counted):
         # (rows, W, W) -> (rows, W): slot j's token is penalised when some counting slot of the row
         # holds it. Every slot of one token then writes the same value back (duplicates agree), and a
-        # token counts once however often it occurs (presence, not frequency).
-        hit = mx.any((window[:, :, None] == window[:, None, :]) & counts[:, None, :], axis=-1)
+        # token counted once however often it occurs (presence, not frequency).
+        hit = mx.any((window[:, :, None] == window[:, None, :]) & counted[:, None, :], axis=-1)
         seen = mx.take_along_axis(logits, window, axis=-1) - presence_penalty * hit
         return sample(mx.put_along_axis(logits, window, seen, axis=-1))
 
-    def step(y, window, counts):
+    def step(y, window, counted):
         logits = model(y[:, None], cache=cache)[:, -1, :].astype(mx.float32)  # (rows, V)
         # the vocabulary-wide work, split over the CPU cores (runtime.rowwise)
         if window is None:
             return runtime.rowwise(sample, logits)
-        return runtime.rowwise(penalised_sample, logits, window, counts)
+        return runtime.rowwise(penalised_sample, logits, window, counted)
 
     out = [[] for _ in rows]
     done = np.zeros(len(rows), bool)
     live = np.arange(len(rows))  # batch position -> row
     y = mx.array([prompts[i][-1] for i in rows], mx.uint32)
-    y = step(y, window, counts)
+    y = step(y, window, counted)
     mx.async_eval(y)
     for t in range(max_tokens):
         if window is not None:
             new = y[:, None].astype(mx.int32)
             window = mx.concatenate([window[:, 1:], new], axis=1)
-            counts = mx.concatenate([counts[:, 1:], ~mx.any(new == exempt, axis=-1, keepdims=True)], axis=1)
-        nxt = step(y, window, counts) if t + 1 < max_tokens else None
+            counted = mx.concatenate([counted[:, 1:], ~mx.any(new == exempt, axis=-1, keepdims=True)], axis=1)
+        nxt = step(y, window, counted) if t + 1 < max_tokens else None
         if nxt is not None:
             mx.async_eval(nxt)
         toks = y.tolist()
@@ -121,7 +121,7 @@ def generate(
                 c.filter(idx)
             y = y[idx]
             if window is not None:
-                window, counts = window[idx], counts[idx]
+                window, counted = window[idx], counted[idx]
             live = live[active]
     samples = [Sample(out[r], bool(done[r])) for r in range(len(rows))]
     return [samples[i * n : (i + 1) * n] for i in range(len(prompts))]
