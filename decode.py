@@ -67,7 +67,7 @@ def generate(
     stops = set(int(t) for t in stop_ids)
     sample = _make_sampler(temp, top_p, top_k)
 
-    # The penalty window: (rows, presence_window) token ids and whether each slot counted. It starts
+    # The penalty window: (rows, presence_window) token ids and whether each slot counts. It starts
     # empty (id 0, not counted: only generated tokens are penalised) and slides by one each step.
     window = counted = None
     if presence_penalty:
@@ -78,7 +78,7 @@ def generate(
     def penalised_sample(logits, window, counted):
         # (rows, W, W) -> (rows, W): slot j's token is penalised when some counting slot of the row
         # holds it. Every slot of one token then writes the same value back (duplicates agree), and a
-        # token counted once however often it occurs (presence, not frequency).
+        # token counts once however often it occurs (presence, not frequency).
         hit = mx.any((window[:, :, None] == window[:, None, :]) & counted[:, None, :], axis=-1)
         seen = mx.take_along_axis(logits, window, axis=-1) - presence_penalty * hit
         return sample(mx.put_along_axis(logits, window, seen, axis=-1))
