@@ -477,11 +477,16 @@ def write_corpus(outdir: Path, files, marker: str, builder: str) -> list:
 @click.option("--fetch", "do_fetch", is_flag=True, help="Download the pinned sdists first (make setup-dev).")
 def main(outdir: Path | None, do_fetch: bool) -> None:
     """Build the Flask + pytest documentation corpus as markdown in OUTDIR."""
+    fetch_and_build(outdir, do_fetch, fetch, build, "the sdists")
+
+
+def fetch_and_build(outdir, do_fetch: bool, fetch, build, what: str) -> None:
+    """The corpus builders' CLI body (also build_pip_docs.py): fetch if asked, build OUTDIR if given."""
     if do_fetch:
         fetch()
     if outdir is None:
         if not do_fetch:
-            raise click.UsageError("give OUTDIR, or --fetch to only download the sdists")
+            raise click.UsageError(f"give OUTDIR, or --fetch to only download {what}")
         return
     paths = build(outdir)
     size = sum((outdir / p).stat().st_size for p in paths)

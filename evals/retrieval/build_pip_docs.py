@@ -93,15 +93,7 @@ def build(outdir: Path) -> list:
 @click.option("--fetch", "do_fetch", is_flag=True, help="Download the pinned pip sdist first (needs PyPI).")
 def main(outdir, do_fetch):
     """Build pip's documentation as markdown in OUTDIR (a training corpus for --reward retrieval)."""
-    if do_fetch:
-        fetch()
-    if outdir is None:
-        if not do_fetch:
-            raise click.UsageError("give OUTDIR, or --fetch to only download the sdist")
-        return
-    paths = build(outdir)
-    size = sum((outdir / p).stat().st_size for p in paths)
-    click.echo(f"{len(paths)} markdown files, {size / 1e6:.2f} MB in {outdir}")
+    build_docs.fetch_and_build(outdir, do_fetch, fetch, build, "the sdist")
 
 
 if __name__ == "__main__":
