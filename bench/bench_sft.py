@@ -38,15 +38,8 @@ import click
 import common
 import yaml
 
-LORA_KEYS = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-]
+from train import ALL_PROJECTIONS as LORA_KEYS  # noqa: E402  (common puts the project on sys.path)
+
 RANK, ALPHA, LR, MAX_LEN, LAYERS = 16, 32, 1e-4, 512, 16
 NEVER = 10**9
 

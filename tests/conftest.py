@@ -1,5 +1,8 @@
 """Shared fixtures. The test process itself runs on OpenBLAS (re-executed before MLX loads)."""
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,3 +44,24 @@ def tiny_model(tiny_model_path):
 @pytest.fixture(scope="session")
 def qwen_tokenizer(tiny_model):
     return tiny_model[1]
+
+
+def doctor(env_changes) -> dict:
+    """`train.py doctor --json --quick` in a fresh process, with no BLAS choice inherited from this one
+    (LD_PRELOAD and the QMD_* markers dropped), then `env_changes` applied (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "QMD_BLAS_REASON", "QMD_FAST_BLAS")}
+    for k, v in env_changes.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    out = subprocess.run(
+        [sys.executable, "train.py", "doctor", "--json", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,12 +1,10 @@
 """The BLAS kernel is checked, chosen from the CPU flags and reported (blas.py, runtime.ensure_fast_blas)."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import doctor
 
 import blas
 
@@ -171,25 +169,6 @@ def test_the_real_library_is_probed_and_forced_kernels_are_reported():
     assert own["ok"] and own["gflops"] > 1 and own["kernel"]
     forced = blas.probe(lib, "Prescott", n=256)  # SSE3: every x86-64 CPU runs it
     assert forced["ok"] and forced["kernel"] == "Prescott"
-
-
-def doctor(env_changes) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "QMD_BLAS_REASON", "QMD_FAST_BLAS")}
-    for k, v in env_changes.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    out = subprocess.run(
-        [sys.executable, "train.py", "doctor", "--json", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @linux_only

@@ -1,12 +1,10 @@
 """Fast BLAS on Linux, configs, atomic writes, model loading."""
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import doctor
 
 import runtime
 from runtime import ConfigError, load_config
@@ -16,17 +14,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Op
 
 @linux_only
 def test_script_started_without_ld_preload_ends_up_on_openblas():
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "QMD_FAST_BLAS")}
-    out = subprocess.run(
-        [sys.executable, "train.py", "doctor", "--json", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = doctor({})
     assert report["blas"].startswith("OpenBLAS"), report
     assert report["compute_dtype"] == "float32"
     assert report["matmul_gflops_float32"] > 0
@@ -34,18 +22,7 @@ def test_script_started_without_ld_preload_ends_up_on_openblas():
 
 @linux_only
 def test_opt_out_keeps_the_bundled_blas():
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    env["QMD_FAST_BLAS"] = "0"
-    out = subprocess.run(
-        [sys.executable, "train.py", "doctor", "--json", "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert "bundled reference BLAS" in json.loads(out.stdout.strip().splitlines()[-1])["blas"]
+    assert "bundled reference BLAS" in doctor({"QMD_FAST_BLAS": "0"})["blas"]
 
 
 @linux_only
