@@ -532,7 +532,7 @@ def score(groups, reward_fn) -> None:
     import numpy as np
 
     if hasattr(reward_fn, "prepare"):  # a reward that batches its work (retrieval_reward: the step's embeddings)
-        reward_fn.prepare([(g.query, t) for g in groups for t in g.texts])
+        reward_fn.prepare([(g.query, t, not f) for g in groups for t, f in zip(g.texts, g.finished)])
     for g in groups:
         scored = [reward_fn(g.query, t, truncated=not f) for t, f in zip(g.texts, g.finished)]
         g.rewards = np.array([r for r, _ in scored], dtype=np.float64)

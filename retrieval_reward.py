@@ -43,6 +43,11 @@ import reward
 REWARD_KEYS = ("corpus", "corpus_heldout", "rubric_weight", "retrieval_metric", "retrieval_vectors")
 
 
+def gate(s) -> bool:
+    """reward.py's verdict `s` closes the gate: a hard failure or a format-invalid output scores 0."""
+    return s.hard_failure is not None or not s.format_valid
+
+
 class RetrievalReward:
     """reward_fn for grpo.train_grpo: (query, text, truncated=) -> (reward, format-valid)."""
 
@@ -58,7 +63,7 @@ class RetrievalReward:
         if query not in self.relevant:
             raise KeyError(f"{query!r} is not a query of this reward's corpus (no source document known)")
         s = reward.score(query, text, truncated=truncated)
-        gated = s.hard_failure is not None or not s.format_valid
+        gated = gate(s)
         search = 0.0 if gated else self.engine.score(query, text, self.relevant[query], self.metric)
         r = 0.0 if gated else (1.0 - self.rubric_weight) * search + self.rubric_weight * s.reward
         return {"gated": gated, "rubric": s.reward, "search": search, "reward": r, "valid": s.format_valid}
@@ -68,11 +73,19 @@ class RetrievalReward:
         p = self.parts(query, text, truncated)
         return p["reward"], p["valid"]
 
-    def prepare(self, pairs) -> None:
-        """Embed every new vec/hyde line of [(query, text)] in one batch (before they are scored one by one)."""
+    def gated(self, query: str, text: str, truncated: bool = False) -> bool:
+        """True when reward.py's gate scores this completion 0 before any search."""
+        return gate(reward.score(query, text, truncated=truncated))
+
+    def prepare(self, items) -> None:
+        """Embed every new vec/hyde line of [(query, text)] or [(query, text, truncated)] in one batch
+        (before they are scored one by one). Completions the gate scores 0 are never searched, so
+        their lines are not embedded (early in a run 10-25% of the rollouts: cut at the cap or
+        format-invalid)."""
         if self.engine.embedder is None:
             return
-        texts = [t for q, x in pairs for k, t in retrieval.qmd_expansion(q, x) if k != "lex"]
+        keep = [(it[0], it[1]) for it in items if not self.gated(*it)]
+        texts = [t for q, x in keep for k, t in retrieval.qmd_expansion(q, x) if k != "lex"]
         if texts:
             self.engine.embed_ahead(texts)
 

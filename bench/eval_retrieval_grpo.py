@@ -5,7 +5,7 @@
 Why one process: on a shared 2-core machine every heavy command waits for the CPU lock, and
 eval_retrieval.py --adapter loads the model and generates once per corpus. Here each adapter is
 loaded once and its expansions for all three sets are generated together, exactly as
-eval_retrieval.py generates them (eval.generate_batch with QMD's sampling, seed 0, 256 tokens, 64
+eval_retrieval.py generates them (eval.generate_batch with QMD's sampling, seed 0 unless --seed, 256 tokens, 64
 prompts a batch); each set is then scored by eval_retrieval.py itself from the saved expansions
 (`--expansions`, hybrid engine), one report per set and adapter: OUT/SET-NAME.json.
 
@@ -40,7 +40,8 @@ SETS = {
 @click.option("--max-tokens", default=256, show_default=True)
 @click.option("--sets", default="pip,notes,docs", show_default=True, help="Comma-separated sets to evaluate.")
 @click.option("--limit", type=int, help="Smoke test: the first N queries of each set.")
-def main(adapters, out, max_tokens, sets, limit):
+@click.option("--seed", default=0, show_default=True, help="Sampling seed (another seed: how much one sample varies).")
+def main(adapters, out, max_tokens, sets, limit, seed):
     import mlx.core as mx
 
     import convert
@@ -74,7 +75,7 @@ def main(adapters, out, max_tokens, sets, limit):
         name = Path(adapter).name
         click.echo(f"{name}: generating {len(union)} expansions ...", err=True)
         model, tok = runtime.load_model(runtime.adapter_base_model(adapter), adapter)
-        mx.random.seed(0)
+        mx.random.seed(seed)
         texts, stats = ev.generate_batch(model, tok, union, max_tokens, 64, None, **convert.QMD_SAMPLING)
         exp = out / f"exp-{name}.json"
         results = [{"query": q, "text": t, "truncated": c} for q, t, c in zip(union, texts, stats["truncated"])]

@@ -189,10 +189,13 @@ def test_prepare_embeds_a_steps_vec_and_hyde_lines_in_one_batch():
             self.embedder.queries(sorted(set(texts)))
 
     fn = rr.RetrievalReward(FakeEngine(), {"auth config": {"a.md": 1}})
-    fn.prepare(
-        [("auth config", "lex: auth config file\nvec: where is the auth config\nhyde: The auth config is in x.")] * 3
-    )
+    good = "lex: auth config file\nvec: where is the auth config\nhyde: The auth config is in x."
+    cut = "lex: auth config file\nvec: how the auth config is loaded\nhyde: The auth config lives"
+    no_vec = "lex: auth config file\nhyde: An auth config example."
+    fn.prepare([("auth config", good)] * 3 + [("auth config", cut, True), ("auth config", no_vec, False)])
+    # the truncated and the format-invalid completions score 0 unsearched: their lines are not embedded
     assert FakeEngine.embedder.batches == [["The auth config is in x.", "where is the auth config"]]
+    assert fn.gated("auth config", cut, True) and fn.gated("auth config", no_vec) and not fn.gated("auth config", cut)
 
 
 # ----------------------------------------------------------------------------
