@@ -225,9 +225,43 @@ class QueryInfo(NamedTuple):  # immutable (it is cached) and cheap to build
 
 @lru_cache(maxsize=65536)
 def analyze_query(query: str) -> QueryInfo:
+    words = query.split()
+    if query.isascii() and query.islower() and "".join(words).isalpha():
+        # Lower-case ASCII words only (half the data's queries): no entity (one needs a word that is not
+        # plain before it), every non-stop word of 2+ letters a key term and its own topic term, nothing
+        # to strip or blank. The same QueryInfo as the loop below builds, without its per-word work.
+        key_terms = tuple(dict.fromkeys(w for w in words if len(w) >= 2 and w not in STOPWORDS))
+        words = tuple(words)
+        return QueryInfo(
+            norm=" ".join(words),
+            norm_words=len(words),
+            plain=True,
+            entities=key_terms,
+            named=False,
+            key_terms=key_terms,
+            qmd_terms=words,
+            nonlatin=False,
+            low=query,
+            words=words,
+            word_set=frozenset(words),
+            topic=key_terms,
+            key_qmd=bool(key_terms),
+        )
     entities, key_terms, low_words, topic = [], [], [], []
     prev, i, key_qmd = False, 0, True
-    for raw in query.split():
+    for raw in words:
+        if raw.isascii() and raw.isalpha() and raw.islower():  # a plain ASCII word: the branches below, short
+            stop = raw in STOPWORDS
+            is_ent = prev and not stop
+            low_words.append(raw)
+            if is_ent:
+                entities.append(raw)
+            if not stop and len(raw) >= 2:
+                key_terms.append(raw)
+                topic.append(raw)
+            prev = is_ent
+            i += 1
+            continue
         if raw[0] == "-" and len(raw) > 1:  # an exclusion ("-car") is not something to keep
             continue
         w = raw.strip(_STRIP)
@@ -992,11 +1026,21 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         extra = wsets[i] - q.word_set - STOPWORDS
         if len(extra) < 2:
             continue
+        once = 0  # words whose first four letters occur once in the output: two are enough to go on
         if long is not None:
-            once = sum(long.once(w[:4]) for w in extra)
+            for w in extra:
+                if long.once(w[:4]):
+                    once += 1
+                    if once == 2:
+                        break
         else:
             full_low = full_low or "\n".join(lows)
-            once = sum(full_low.count(w[:4]) == 1 for w in extra)
+            count = full_low.count
+            for w in extra:
+                if count(w[:4]) == 1:
+                    once += 1
+                    if once == 2:
+                        break
         if once >= 2 and len(bad := _unrelated_words(q, lows[i], extra, full_low, long)) >= 2:
             found.append(
                 ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
@@ -1007,6 +1051,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     n_echo = n_lex = n_vec = lex_len = vec_len = 0
     key_any = filler_led = vec_short = False  # a line has a key term; a lex line opens with filler; ...
     lex_keys = True  # every lex line has a key term
+    generic = []  # generic filler lex lines (is_generic_lex), in the order of L
     for i in keep:
         k, t = plines[i]
         if k == "hyde":
@@ -1021,6 +1066,8 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             n_echo += 1
         elif k == "lex":
             L.append(i)
+            if _GENERIC_RE.search(lows[i]) and is_generic_lex(lows[i]):  # one C-level scan rules out most
+                generic.append(i)
             key_any = key_any or has_key[i]
             lex_keys = lex_keys and has_key[i]
             lex_len += len(t)
@@ -1132,7 +1179,6 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         qual += 5
     else:
         ded.append(("quality", 5, "no line mentions the query's key terms"))
-    generic = [i for i in L if is_generic_lex(lows[i])]
     if L and not generic and not filler_led and lex_keys:
         qual += 5
     elif L:
