@@ -230,7 +230,7 @@ def analyze_query(query: str) -> QueryInfo:
         # Lower-case ASCII words only (half the data's queries): no entity (one needs a word that is not
         # plain before it), every non-stop word of 2+ letters a key term and its own topic term, nothing
         # to strip or blank. The same QueryInfo as the loop below builds, without its per-word work.
-        key_terms = tuple(dict.fromkeys(w for w in words if len(w) >= 2 and w not in STOPWORDS))
+        key_terms = tuple(dict.fromkeys([w for w in words if len(w) >= 2 and w not in STOPWORDS]))
         words = tuple(words)
         return QueryInfo(
             norm=" ".join(words),
@@ -296,7 +296,10 @@ def analyze_query(query: str) -> QueryInfo:
         nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
     key_terms = tuple(dict.fromkeys(key_terms))
     qlow = query.lower()
-    norm = " ".join(qlow.split()).strip(_STRIP + " ")  # _norm(query)
+    qwords = qlow.split()
+    norm = " ".join(qwords).strip(_STRIP + " ")  # _norm(query)
+    # prompt.qmd_query_terms(query), without lowering and splitting the query again when nothing is blanked
+    qmd_terms = tuple(qwords) if qlow.isascii() and "".join(qwords).isalnum() else qmd_query_terms(query)
     return QueryInfo(
         norm=norm,
         norm_words=len(norm.split()),
@@ -304,7 +307,7 @@ def analyze_query(query: str) -> QueryInfo:
         entities=tuple(dict.fromkeys(entities)) if entities else key_terms,
         named=bool(entities),
         key_terms=key_terms,
-        qmd_terms=qmd_query_terms(query),
+        qmd_terms=qmd_terms,
         nonlatin=nonlatin,
         low=qlow,
         words=tuple(low_words),
@@ -1111,8 +1114,11 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     for name, idx, min_diff in (("lex", L, 2), ("vec", V, 3)):
         if len(idx) == 2:  # the usual case: one pair
             i, j = idx
-            a, b = _dup_set(lows[i], wsets[i], plain), _dup_set(lows[j], wsets[j], plain)
-            diff = a ^ b
+            diff = (
+                wsets[i] ^ wsets[j]
+                if plain
+                else _dup_set(lows[i], wsets[i], plain) ^ _dup_set(lows[j], wsets[j], plain)
+            )
             dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
         elif len(idx) > 2:
             count = _near_duplicates if len(idx) <= PAIRWISE_MAX else _near_duplicates_fast
