@@ -232,20 +232,20 @@ def analyze_query(query: str) -> QueryInfo:
         # to strip or blank. The same QueryInfo as the loop below builds, without its per-word work.
         key_terms = tuple(dict.fromkeys([w for w in words if len(w) >= 2 and w not in STOPWORDS]))
         words = tuple(words)
-        return QueryInfo(
-            norm=" ".join(words),
-            norm_words=len(words),
-            plain=True,
-            entities=key_terms,
-            named=False,
-            key_terms=key_terms,
-            qmd_terms=words,
-            nonlatin=False,
-            low=query,
-            words=words,
-            word_set=frozenset(words),
-            topic=key_terms,
-            key_qmd=bool(key_terms),
+        return QueryInfo(  # positional: a NamedTuple's keyword call costs twice its positional one
+            " ".join(words),  # norm
+            len(words),  # norm_words
+            True,  # plain
+            key_terms,  # entities
+            False,  # named
+            key_terms,  # key_terms
+            words,  # qmd_terms
+            False,  # nonlatin
+            query,  # low
+            words,  # words
+            frozenset(words),  # word_set
+            key_terms,  # topic
+            bool(key_terms),  # key_qmd
         )
     entities, key_terms, low_words, topic = [], [], [], []
     prev, i, key_qmd = False, 0, True
@@ -300,20 +300,20 @@ def analyze_query(query: str) -> QueryInfo:
     norm = " ".join(qwords).strip(_STRIP + " ")  # _norm(query)
     # prompt.qmd_query_terms(query), without lowering and splitting the query again when nothing is blanked
     qmd_terms = tuple(qwords) if qlow.isascii() and "".join(qwords).isalnum() else qmd_query_terms(query)
-    return QueryInfo(
-        norm=norm,
-        norm_words=len(norm.split()),
-        plain=query.isascii() or not _CJK_RE.search(query),
-        entities=tuple(dict.fromkeys(entities)) if entities else key_terms,
-        named=bool(entities),
-        key_terms=key_terms,
-        qmd_terms=qmd_terms,
-        nonlatin=nonlatin,
-        low=qlow,
-        words=tuple(low_words),
-        word_set=frozenset(low_words),
-        topic=tuple(dict.fromkeys(topic)),
-        key_qmd=key_qmd and bool(key_terms),
+    return QueryInfo(  # positional: a NamedTuple's keyword call costs twice its positional one
+        norm,  # norm
+        len(norm.split()),  # norm_words
+        query.isascii() or not _CJK_RE.search(query),  # plain
+        tuple(dict.fromkeys(entities)) if entities else key_terms,  # entities
+        bool(entities),  # named
+        key_terms,  # key_terms
+        qmd_terms,  # qmd_terms
+        nonlatin,  # nonlatin
+        qlow,  # low
+        tuple(low_words),  # words
+        frozenset(low_words),  # word_set
+        tuple(dict.fromkeys(topic)),  # topic
+        key_qmd and bool(key_terms),  # key_qmd
     )
 
 
