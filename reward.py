@@ -225,9 +225,43 @@ class QueryInfo(NamedTuple):  # immutable (it is cached) and cheap to build
 
 @lru_cache(maxsize=65536)
 def analyze_query(query: str) -> QueryInfo:
+    words = query.split()
+    if query.isascii() and query.islower() and "".join(words).isalpha():
+        # Lower-case ASCII words only (half the data's queries): no entity (one needs a word that is not
+        # plain before it), every non-stop word of 2+ letters a key term and its own topic term, nothing
+        # to strip or blank. The same QueryInfo as the loop below builds, without its per-word work.
+        key_terms = tuple(dict.fromkeys([w for w in words if len(w) >= 2 and w not in STOPWORDS]))
+        words = tuple(words)
+        return QueryInfo(  # positional: a NamedTuple's keyword call costs twice its positional one
+            " ".join(words),  # norm
+            len(words),  # norm_words
+            True,  # plain
+            key_terms,  # entities
+            False,  # named
+            key_terms,  # key_terms
+            words,  # qmd_terms
+            False,  # nonlatin
+            query,  # low
+            words,  # words
+            frozenset(words),  # word_set
+            key_terms,  # topic
+            bool(key_terms),  # key_qmd
+        )
     entities, key_terms, low_words, topic = [], [], [], []
     prev, i, key_qmd = False, 0, True
-    for raw in query.split():
+    for raw in words:
+        if raw.isascii() and raw.isalpha() and raw.islower():  # a plain ASCII word: the branches below, short
+            stop = raw in STOPWORDS
+            is_ent = prev and not stop
+            low_words.append(raw)
+            if is_ent:
+                entities.append(raw)
+            if not stop and len(raw) >= 2:
+                key_terms.append(raw)
+                topic.append(raw)
+            prev = is_ent
+            i += 1
+            continue
         if raw[0] == "-" and len(raw) > 1:  # an exclusion ("-car") is not something to keep
             continue
         w = raw.strip(_STRIP)
@@ -262,21 +296,24 @@ def analyze_query(query: str) -> QueryInfo:
         nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
     key_terms = tuple(dict.fromkeys(key_terms))
     qlow = query.lower()
-    norm = " ".join(qlow.split()).strip(_STRIP + " ")  # _norm(query)
-    return QueryInfo(
-        norm=norm,
-        norm_words=len(norm.split()),
-        plain=query.isascii() or not _CJK_RE.search(query),
-        entities=tuple(dict.fromkeys(entities)) if entities else key_terms,
-        named=bool(entities),
-        key_terms=key_terms,
-        qmd_terms=qmd_query_terms(query),
-        nonlatin=nonlatin,
-        low=qlow,
-        words=tuple(low_words),
-        word_set=frozenset(low_words),
-        topic=tuple(dict.fromkeys(topic)),
-        key_qmd=key_qmd and bool(key_terms),
+    qwords = qlow.split()
+    norm = " ".join(qwords).strip(_STRIP + " ")  # _norm(query)
+    # prompt.qmd_query_terms(query), without lowering and splitting the query again when nothing is blanked
+    qmd_terms = tuple(qwords) if qlow.isascii() and "".join(qwords).isalnum() else qmd_query_terms(query)
+    return QueryInfo(  # positional: a NamedTuple's keyword call costs twice its positional one
+        norm,  # norm
+        len(norm.split()),  # norm_words
+        query.isascii() or not _CJK_RE.search(query),  # plain
+        tuple(dict.fromkeys(entities)) if entities else key_terms,  # entities
+        bool(entities),  # named
+        key_terms,  # key_terms
+        qmd_terms,  # qmd_terms
+        nonlatin,  # nonlatin
+        qlow,  # low
+        tuple(low_words),  # words
+        frozenset(low_words),  # word_set
+        tuple(dict.fromkeys(topic)),  # topic
+        key_qmd and bool(key_terms),  # key_qmd
     )
 
 
@@ -992,11 +1029,21 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         extra = wsets[i] - q.word_set - STOPWORDS
         if len(extra) < 2:
             continue
+        once = 0  # words whose first four letters occur once in the output: two are enough to go on
         if long is not None:
-            once = sum(long.once(w[:4]) for w in extra)
+            for w in extra:
+                if long.once(w[:4]):
+                    once += 1
+                    if once == 2:
+                        break
         else:
             full_low = full_low or "\n".join(lows)
-            once = sum(full_low.count(w[:4]) == 1 for w in extra)
+            count = full_low.count
+            for w in extra:
+                if count(w[:4]) == 1:
+                    once += 1
+                    if once == 2:
+                        break
         if once >= 2 and len(bad := _unrelated_words(q, lows[i], extra, full_low, long)) >= 2:
             found.append(
                 ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
@@ -1007,6 +1054,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     n_echo = n_lex = n_vec = lex_len = vec_len = 0
     key_any = filler_led = vec_short = False  # a line has a key term; a lex line opens with filler; ...
     lex_keys = True  # every lex line has a key term
+    generic = []  # generic filler lex lines (is_generic_lex), in the order of L
     for i in keep:
         k, t = plines[i]
         if k == "hyde":
@@ -1021,6 +1069,8 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             n_echo += 1
         elif k == "lex":
             L.append(i)
+            if _GENERIC_RE.search(lows[i]) and is_generic_lex(lows[i]):  # one C-level scan rules out most
+                generic.append(i)
             key_any = key_any or has_key[i]
             lex_keys = lex_keys and has_key[i]
             lex_len += len(t)
@@ -1064,8 +1114,11 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     for name, idx, min_diff in (("lex", L, 2), ("vec", V, 3)):
         if len(idx) == 2:  # the usual case: one pair
             i, j = idx
-            a, b = _dup_set(lows[i], wsets[i], plain), _dup_set(lows[j], wsets[j], plain)
-            diff = a ^ b
+            diff = (
+                wsets[i] ^ wsets[j]
+                if plain
+                else _dup_set(lows[i], wsets[i], plain) ^ _dup_set(lows[j], wsets[j], plain)
+            )
             dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
         elif len(idx) > 2:
             count = _near_duplicates if len(idx) <= PAIRWISE_MAX else _near_duplicates_fast
@@ -1132,7 +1185,6 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         qual += 5
     else:
         ded.append(("quality", 5, "no line mentions the query's key terms"))
-    generic = [i for i in L if is_generic_lex(lows[i])]
     if L and not generic and not filler_led and lex_keys:
         qual += 5
     elif L:
