@@ -612,7 +612,7 @@ def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str, long=Non
     to be unrelated and are left alone. `long`: a _LongOutput for a long output (`full_low` unused)."""
     qlow = q.low
     cands = []
-    for w in extra:
+    for w in sorted(extra, key=low.find):  # line order: a set's order changes with the hash seed
         if not w.isalpha():
             if w[0] == "-" or not (w := w.strip(_STRIP)).isalpha():
                 continue  # an exclusion; numbers and code are not words

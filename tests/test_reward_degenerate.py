@@ -2,10 +2,14 @@
 twelve kinds, each with its repaired twin, and good expansions from data/ as controls."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,3 +150,23 @@ def test_fast_parse_agrees_with_prompt_parse_output(lines):
     s, p = reward.score("auth config", text), parse_output(text)
     assert s.lines == p.lines
     assert (s.hard_failure is not None) == bool(p.leaked or p.invalid or (not p.lines and not p.empty))
+
+
+def test_unrelated_words_reason_is_the_same_under_every_hash_seed():
+    """The reason text listed the words in set order, which changes with PYTHONHASHSEED: the same
+    output gave 'banana bicycle' in one run and 'bicycle banana' in the next."""
+    code = (
+        "import reward; r = reward.score('sqlite vacuum', 'lex: sqlite vacuum banana bicycle\\n"
+        "lex: sqlite vacuum freelist\\nvec: how to shrink a sqlite database file with vacuum\\n"
+        "vec: reclaim free pages in sqlite'); print(*[d[2] for d in r.deductions if 'unrelated' in d[2]])"
+    )
+    reasons = set()
+    for seed in range(8):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
+        reasons.add(out.stdout.strip())
+    assert reasons == {
+        "unrelated lex words: 'banana bicycle' beside the query's words in 'sqlite vacuum banana bicycle'"
+    }
