@@ -53,7 +53,8 @@ logits minus a logsumexp whose exp(logits - max) is reused by the backward pass
 (token_logprobs): no (tokens x vocabulary) log-softmax is materialised.
 
 Observability: one line per step, metrics.jsonl, grpo.png; held-out evaluation every `eval_every`
-steps (the best adapter is kept in `best/`); a drift guard stops the run when the format-valid rate
+steps, its outputs sampled as QMD samples (`eval_sampling`, `eval_samples` per query; the best adapter
+is kept in `best/`); a drift guard stops the run when the format-valid rate
 of recent rollouts falls below `drift_min_format`. Checkpoints are atomic; --resume; Ctrl-C saves
 and exits with status 130; a NaN/inf loss stops with a message and the best adapter kept.
 Under `mlx.launch -n N` the step's prompts are split across ranks (train_grpo's world=, distributed.py).
@@ -80,6 +81,7 @@ import data as data_mod  # noqa: E402
 import decode  # noqa: E402
 import distributed  # noqa: E402
 import reward  # noqa: E402
+from prompt import QMD_SAMPLING  # noqa: E402
 
 GRPO_DEFAULTS = {
     "model": None,  # base model; default: the one the SFT adapter was trained on
@@ -111,8 +113,13 @@ GRPO_DEFAULTS = {
     "top_k": 0,
     "max_completion_tokens": 200,
     "eval_every": 25,
-    "eval_queries": 32,  # held-out (validation split) queries scored greedily at each evaluation
+    "eval_queries": 32,  # held-out (validation split) queries scored at each evaluation
     "eval_max_tokens": 200,
+    # How held-out outputs are generated: "qmd" samples them as QMD does at run time (QMD_SAMPLING),
+    # so the held-out score, its breakage counts and best/ describe what users get; "greedy" is argmax
+    # decoding, which loops far more often than sampling does (13 of 32 demo outputs hit the cap).
+    "eval_sampling": "qmd",
+    "eval_samples": 1,  # sampled outputs per held-out query (qmd): more give a steadier score for best/
     "drift_window": 10,
     "drift_min_format": 0.7,
     "save_every": 25,
@@ -163,6 +170,8 @@ GRPO_SCHEMA = {
     "eval_every": K(int, 1),
     "eval_queries": K(int, 0),
     "eval_max_tokens": K(int, 1),
+    "eval_sampling": K(str, choices=("qmd", "greedy")),
+    "eval_samples": K(int, 1),
     "drift_window": K(int, 1),
     "drift_min_format": K(float, 0, 1),
     "save_every": K(int, 1),
@@ -181,6 +190,8 @@ SAFE_RESUME_KEYS = [
     "steps",
     "eval_every",
     "eval_queries",
+    "eval_sampling",
+    "eval_samples",
     "save_every",
     "keep_checkpoints",
     "learning_rate",
@@ -920,7 +931,8 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced, world) -> dict:
         run.interrupted = interrupted
         try:
             if start == 0 and heldout and lead:
-                echo(f"step    0 | scoring {len(heldout)} held-out queries (the SFT adapter's baseline) ...")
+                how = f"x {cfg['eval_samples']} sampled as QMD samples" if cfg["eval_sampling"] == "qmd" else "greedy"
+                echo(f"step    0 | scoring {len(heldout)} held-out queries ({how}; the SFT adapter's baseline) ...")
                 run.evaluate(0)  # the GRPO LoRA starts at zero: this is the SFT adapter's score
             step = train_grpo(
                 model,
@@ -1008,9 +1020,8 @@ class RunCallback(Callback):
             _plot(self.out, self.metrics)
 
     def evaluate(self, step):
-        import eval as ev
 
-        result = ev.evaluate(self.model, self.tokenizer, self.heldout, self.cfg["eval_max_tokens"], batch_size=16)
+        result = heldout_eval(self.model, self.tokenizer, self.heldout, self.cfg)
         s = result["summary"]
         self.metrics.log(
             {
@@ -1029,6 +1040,34 @@ class RunCallback(Callback):
             + (" | new best" if improved else "")
         )
         return s
+
+
+EVAL_BATCH = 32  # held-out rows decoded together (decode.py); wider batches are cheaper per token on CPU
+
+
+def eval_settings(cfg) -> dict:
+    """How held-out outputs are generated, for reports: sampling, samples per query, token cap."""
+    out = {"sampling": cfg["eval_sampling"], "max_tokens": cfg["eval_max_tokens"]}
+    if cfg["eval_sampling"] == "qmd":
+        out.update(samples=cfg["eval_samples"], seed=cfg["seed"], **QMD_SAMPLING)
+    return out
+
+
+def heldout_eval(model, tokenizer, queries, cfg, progress=None) -> dict:
+    """eval.evaluate on [(query, category)] as `eval_sampling` says. With "qmd" each query is sampled
+    `eval_samples` times (the rows are the queries repeated, so the summary averages over all samples)
+    and the random stream is reset to the run's seed first: every evaluation of a run draws the same
+    noise, so scores at different steps differ by the adapter more than by the draw. Rollouts are
+    unaffected (train_grpo seeds each step's sampling itself)."""
+    import mlx.core as mx
+
+    import eval as ev
+
+    if cfg["eval_sampling"] == "greedy":
+        return ev.evaluate(model, tokenizer, queries, cfg["eval_max_tokens"], EVAL_BATCH, progress)
+    mx.random.seed(cfg["seed"])
+    rows = [qc for qc in queries for _ in range(cfg["eval_samples"])]
+    return ev.evaluate(model, tokenizer, rows, cfg["eval_max_tokens"], EVAL_BATCH, progress, **QMD_SAMPLING)
 
 
 def _tree_add(a, b):
@@ -1101,6 +1140,12 @@ def _plot(out, metrics):
 @click.option("--max-completion-tokens", type=int, help="Cap on tokens per sampled completion.")
 @click.option("--eval-every", type=int, help="Steps between held-out evaluations.")
 @click.option("--eval-queries", type=int, help="Held-out queries per evaluation.")
+@click.option(
+    "--eval-sampling",
+    type=click.Choice(["qmd", "greedy"]),
+    help="Held-out outputs sampled as QMD samples (default) or greedy (also for --eval-only).",
+)
+@click.option("--eval-samples", type=int, help="Sampled outputs per held-out query (--eval-sampling qmd).")
 @click.option("--drift-min-format", type=float, help="Stop when the recent format-valid rate falls below this.")
 @click.option("--save-every", type=int, help="Steps between checkpoints.")
 @click.option("--seed", type=int, help="Seed for prompt order and sampling.")
@@ -1155,9 +1200,10 @@ def _eval_only(cfg, adapter, queries, output, verbose):
     model_name = cfg["model"] or runtime.adapter_base_model(adapter)
     model, tokenizer = runtime.load_model(model_name, adapter)
     qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
-    progress = ev._progress(len(qs), str(adapter), 16, cfg["eval_max_tokens"])
-    result = ev.evaluate(model, tokenizer, qs, cfg["eval_max_tokens"], 16, progress)
-    result["config"] = {"model": model_name, "adapter": str(adapter)}
+    rows = len(qs) * (cfg["eval_samples"] if cfg["eval_sampling"] == "qmd" else 1)
+    progress = ev._progress(rows, str(adapter), EVAL_BATCH, cfg["eval_max_tokens"])
+    result = heldout_eval(model, tokenizer, qs, cfg, progress)
+    result["config"] = {"model": model_name, "adapter": str(adapter), **eval_settings(cfg)}
     click.echo(ev.format_report(result, verbose, title=f"== {adapter} =="))
     if output:
         runtime.atomic_write_json(output, result)

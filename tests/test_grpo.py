@@ -245,6 +245,40 @@ def test_eval_only_reports_with_eval_py(sft_adapter, tiny_model_path):
     assert result.exit_code == 0, result.output
     assert "per category:" in result.output and "format-valid" in result.output
     assert json.loads(out.read_text())["summary"]["queries"] == 2
+    twice = CliRunner().invoke(
+        grpo.cli, ["--eval-only", "--adapter", str(sft_adapter / "sft"), "--queries", str(q), "-o", str(out),
+                   "--eval-samples", "2"],
+    )  # fmt: skip
+    assert twice.exit_code == 0, twice.output
+    report = json.loads(out.read_text())
+    assert report["summary"]["queries"] == 4 and report["config"]["samples"] == 2
+    assert report["config"]["sampling"] == "qmd" and report["config"]["temp"] == grpo.QMD_SAMPLING["temp"]
+
+
+def test_heldout_eval_samples_as_qmd_samples_with_the_same_draw_every_time(sft_adapter):
+    import eval as ev
+
+    model, tok = runtime.load_model(policy_cfg(sft_adapter)["model"], sft_adapter / "sft")
+    queries = [("auth config 1", "short"), ("webhooks", "short")]
+    cfg = policy_cfg(sft_adapter, eval_samples=3, eval_max_tokens=12)
+    a, b = grpo.heldout_eval(model, tok, queries, cfg), grpo.heldout_eval(model, tok, queries, cfg)
+    texts = [r["text"] for r in a["results"]]
+    assert [r["query"] for r in a["results"]] == ["auth config 1"] * 3 + ["webhooks"] * 3
+    assert texts == [r["text"] for r in b["results"]]  # reseeded: every evaluation draws the same noise
+    assert len(set(texts[:3])) > 1  # but the samples of one query differ: it is sampling
+    mx.random.seed(123)  # an evaluation's draw does not depend on the random state it finds
+    assert [r["text"] for r in grpo.heldout_eval(model, tok, queries, cfg)["results"]] == texts
+    greedy = grpo.heldout_eval(model, tok, queries, {**cfg, "eval_sampling": "greedy"})
+    assert [r["text"] for r in greedy["results"]] == [
+        r["text"] for r in ev.evaluate(model, tok, queries, 12)["results"]
+    ]
+    assert grpo.eval_settings(cfg) == {
+        "sampling": "qmd",
+        "max_tokens": 12,
+        "samples": 3,
+        "seed": 0,
+        **grpo.QMD_SAMPLING,
+    }
 
 
 def test_missing_sft_adapter_is_a_clear_error(tmp_path):
