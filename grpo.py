@@ -1020,7 +1020,6 @@ class RunCallback(Callback):
             _plot(self.out, self.metrics)
 
     def evaluate(self, step):
-
         result = heldout_eval(self.model, self.tokenizer, self.heldout, self.cfg)
         s = result["summary"]
         self.metrics.log(
