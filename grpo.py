@@ -1199,10 +1199,10 @@ def _eval_only(cfg, adapter, queries, output, verbose):
     model_name = cfg["model"] or runtime.adapter_base_model(adapter)
     model, tokenizer = runtime.load_model(model_name, adapter)
     qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
-    rows = len(qs) * (cfg["eval_samples"] if cfg["eval_sampling"] == "qmd" else 1)
-    progress = ev._progress(rows, str(adapter), EVAL_BATCH, cfg["eval_max_tokens"])
+    settings = eval_settings(cfg)
+    progress = ev._progress(len(qs) * settings.get("samples", 1), str(adapter), EVAL_BATCH, cfg["eval_max_tokens"])
     result = heldout_eval(model, tokenizer, qs, cfg, progress)
-    result["config"] = {"model": model_name, "adapter": str(adapter), **eval_settings(cfg)}
+    result["config"] = {"model": model_name, "adapter": str(adapter), **settings}
     click.echo(ev.format_report(result, verbose, title=f"== {adapter} =="))
     if output:
         runtime.atomic_write_json(output, result)
