@@ -42,8 +42,9 @@ of them leaves Excellent. Score.issues lists the kinds found; eval.py counts the
                           starter"), beyond what the query repeats. QMD ANDs lex terms and embeds vec
                           lines: a repeated word adds nothing and pushes the line's meaning to one word.
     near-duplicate lines  two lex (vec) lines whose word sets differ by under 2 (3) words, or by one
-                          word and its plural (`jwt token expiry` / `... expiry time` / `... times`).
-                          QMD runs every line: a near copy spends a search on the same documents.
+                          word and its plural (`jwt token expiry` / `... expiry time` / `... times`);
+                          numbers the query lacks do not count as a difference (`HIPAA 101` / `HIPAA
+                          401`). QMD runs every line: a near copy spends a search on the same documents.
     query plus filler     a lex/vec line that is the query plus only filler words (guide, tips,
                           tutorial, explained, information, ...). BM25 then also demands "tips".
     token chain           a hyphen/underscore/dot chain that repeats a part (commit-local-origin-origin,
@@ -785,9 +786,16 @@ def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, top: int, fo
             found.append(("shuffled-query hyde", "hyde adds nothing to the query's own words"))
 
 
-def _dup_set(low: str, ws: set, plain: bool) -> set:
-    """The tokens of a line for the near-duplicate check: its words, or for CJK text its characters."""
-    return set(_TOKEN_RE.findall(low)) if not plain and _CJK_RE.search(low) else ws
+def _dup_set(q: QueryInfo, low: str, ws: set, plain: bool) -> set:
+    """The tokens of a line for the near-duplicate check: its words, or for CJK text its characters, less
+    the numbers, versions and codes that the query lacks. An added number does not make a different
+    search (QMD finds the same documents, or none when BM25 requires the number), and without this GRPO
+    learned to dodge the check by numbering copies of a line (`HIPAA 101` / `HIPAA 401`)."""
+    toks = set(_TOKEN_RE.findall(low)) if not plain and _CJK_RE.search(low) else ws
+    if not _DIGIT_RE.search(low):
+        return toks
+    qlow = q.low
+    return {t for t in toks if not _NUMBER_RE.fullmatch(u := t.strip(_STRIP)) or u in qlow}
 
 
 def _plural_pair(diff: set) -> bool:
@@ -1114,15 +1122,14 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     for name, idx, min_diff in (("lex", L, 2), ("vec", V, 3)):
         if len(idx) == 2:  # the usual case: one pair
             i, j = idx
-            diff = (
-                wsets[i] ^ wsets[j]
-                if plain
-                else _dup_set(lows[i], wsets[i], plain) ^ _dup_set(lows[j], wsets[j], plain)
-            )
+            a, b = wsets[i], wsets[j]
+            if not plain or _DIGIT_RE.search(lows[i]) or _DIGIT_RE.search(lows[j]):
+                a, b = _dup_set(q, lows[i], a, plain), _dup_set(q, lows[j], b, plain)
+            diff = a ^ b
             dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
         elif len(idx) > 2:
             count = _near_duplicates if len(idx) <= PAIRWISE_MAX else _near_duplicates_fast
-            dups = count([_dup_set(lows[i], wsets[i], plain) for i in idx], min_diff)
+            dups = count([_dup_set(q, lows[i], wsets[i], plain) for i in idx], min_diff)
         else:
             dups = 0
         div += max(0, 5 - 2 * dups)

@@ -170,3 +170,22 @@ def test_unrelated_words_reason_is_the_same_under_every_hash_seed():
     assert reasons == {
         "unrelated lex words: 'banana bicycle' beside the query's words in 'sqlite vacuum banana bicycle'"
     }
+
+
+def test_numbers_the_query_lacks_do_not_make_two_lines_different():
+    # GRPO on the demo dodged the near-duplicate check by numbering copies of a lex line
+    text = (
+        "lex: HIPAA 101 compliance\nlex: HIPAA 401 compliance\n"
+        "vec: what a small clinic must do to comply with the HIPAA privacy rule"
+    )
+    s = reward.score("HIPAA compliance checklist", text)
+    assert "near-duplicate lines" in s.issues, s.deductions
+    # the same lines are different searches when the query itself names both numbers
+    s = reward.score("HIPAA 101 vs 401 compliance", text)
+    assert "near-duplicate lines" not in s.issues and s.rating == "Excellent", s.deductions
+    # and a long output (the near-linear count) agrees with the short one
+    long = "\n".join([text] + [f"lex: HIPAA rule part {w}" for w in "abcdefghijklmnop"])
+    assert long.count("\nlex:") > reward.PAIRWISE_MAX
+    dups = [r for d, _, r in reward.score("HIPAA compliance checklist", long).deductions if "near-duplicate lex" in r]
+    assert dups == ["1 near-duplicate lex pair(s)"]
+    assert not [r for d, _, r in reward.score("HIPAA 101 vs 401", long).deductions if "near-duplicate lex" in r]
