@@ -900,7 +900,9 @@ def _near_duplicates_fast(sets, min_diff: int) -> int:
             continue
         for x, y in pairs:
             for u in by_key.get((k, hsum[v] - hash(x) - hash(y)), ()):
-                if u not in hit and uniq[u] < V:
+                # a subset two smaller, and (when only plurals count) missing this very pair: a hash
+                # collision can hand back a subset missing another two tokens
+                if u not in hit and uniq[u] < V and (min_diff >= 3 or (x not in uniq[u] and y not in uniq[u])):
                     hit.add(u)
                     dups += mult[uniq[u]] * mult[V]
     return dups

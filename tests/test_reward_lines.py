@@ -30,6 +30,14 @@ def test_fast_count_survives_hash_collisions(monkeypatch, sets, min_diff):
     assert reward._near_duplicates_fast(sets, min_diff) == reward._near_duplicates(sets, min_diff)
 
 
+def test_a_collision_cannot_pass_off_two_other_words_as_a_plural_pair(monkeypatch):
+    # with hash=len, removing (token, tokens) sums like removing (time, times) would not, and the subset
+    # found differs from the line by "times tokens": no word and its plural, so no near-duplicate
+    monkeypatch.setattr(reward, "hash", len, raising=False)
+    sets = [{"expiry", "jwt", "time", "token"}, {"expiry", "jwt", "time", "times", "token", "tokens"}]
+    assert reward._near_duplicates_fast(sets, 2) == reward._near_duplicates(sets, 2) == 0
+
+
 @pytest.mark.parametrize("min_diff", [2, 3])
 def test_fast_count_on_large_families(min_diff):
     # a thousand swaps of one word, plurals among them, supersets by one and two words, exact copies
