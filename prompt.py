@@ -311,14 +311,24 @@ def parse_output(text: str) -> Parsed:
 # What QMD keeps at run time
 
 _NON_TERM_RE = re.compile(r"[^a-z0-9\s]")
+# a-z and 0-9 kept, every other byte blanked: for ASCII text one bytes.translate, a table lookup per byte
+# in C (several times faster than the regex, or than str.translate, which looks each character up in a dict)
+_ALNUM_BYTES = bytes(c if "0" <= chr(c) <= "9" or "a" <= chr(c) <= "z" else 32 for c in range(256))
+
+
+def ascii_alnum_runs(text: str) -> list:
+    """The runs of a-z/0-9 in ASCII text: re.findall("[a-z0-9]+", text)."""
+    return text.encode("ascii").translate(_ALNUM_BYTES).decode("ascii").split()
 
 
 def qmd_query_terms(query: str) -> tuple:
     """QMD's query terms: lower-case, everything but a-z0-9/whitespace blanked, split on whitespace."""
     low = query.lower()
-    words = low.split()
-    if low.isascii() and "".join(words).isalnum():  # nothing to blank (most queries): skip the regex
-        return tuple(words)
+    if low.isascii():
+        words = low.split()
+        if "".join(words).isalnum():  # nothing to blank (most queries)
+            return tuple(words)
+        return tuple(ascii_alnum_runs(low))
     return tuple(_NON_TERM_RE.sub(" ", low).split())
 
 

@@ -104,7 +104,7 @@ from typing import NamedTuple
 
 import click
 
-from prompt import CONTRACT, HYDE_CHARS, LINE_TYPES, parse_output, qmd_query_terms
+from prompt import CONTRACT, HYDE_CHARS, LINE_TYPES, ascii_alnum_runs, parse_output, qmd_query_terms
 
 # The counts and lengths the rubric checks come from the output contract (prompt.OUTPUT_CONTRACT),
 # the same table the teacher's instructions and QMD's grammar are built from.
@@ -168,8 +168,8 @@ _TOKEN_RE = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 # Letters of scripts other than Latin (Cyrillic, Greek, Arabic, Hebrew, Thai, Devanagari, Hangul, CJK)
 _NONLATIN_RE = re.compile(f"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u0e00-\u0e7f\uac00-\ud7af{_CJK}]")
 _STRIP = ".,!?:;()[]{}\"'`“”‘’«»"
+_STRIP_SP = _STRIP + " "
 _ENTITY_CHARS = frozenset(".+#@_")
-_GENERIC_RE = re.compile("|".join(map(re.escape, GENERIC_LEX_PHRASES)))
 _LINE_TYPE_SET = frozenset(LINE_TYPES)
 _PARTS_RE = re.compile(r"[^\W_]+")
 _AZ09_RE = re.compile(r"[a-z0-9]")
@@ -224,27 +224,42 @@ class QueryInfo(NamedTuple):  # immutable (it is cached) and cheap to build
     key_qmd: bool  # every key term holds one of QMD's terms: a line with a key term survives QMD's filter
 
 
+def _unique(items: list) -> tuple:
+    """The items without repeats, in first-seen order. A query's few terms rarely repeat, and a set's
+    length says so at under half the cost of dict.fromkeys (this runs for every query, cold in benchmarks)."""
+    return tuple(items) if len(set(items)) == len(items) else tuple(dict.fromkeys(items))
+
+
 @lru_cache(maxsize=65536)
 def analyze_query(query: str) -> QueryInfo:
     words = query.split()
-    if query.isascii() and query.islower() and "".join(words).isalpha():
-        # Lower-case ASCII words only (half the data's queries): no entity (one needs a word that is not
-        # plain before it), every non-stop word of 2+ letters a key term and its own topic term, nothing
-        # to strip or blank. The same QueryInfo as the loop below builds, without its per-word work.
-        key_terms = tuple(dict.fromkeys([w for w in words if len(w) >= 2 and w not in STOPWORDS]))
-        words = tuple(words)
+    if query.isascii() and "".join(words).isalnum():
+        # ASCII words of letters and digits only (three quarters of the data's queries): nothing to strip
+        # or blank, no exclusion, every non-stop word of 2+ characters a key term and its own topic term.
+        # The same QueryInfo as the loop below builds, without its per-word work.
+        lower = query.islower()
+        qlow = query if lower else query.lower()
+        low_words = tuple(words if lower else qlow.split())  # the same words: lower() keeps ASCII whitespace
+        key_terms = _unique([w for w in low_words if len(w) >= 2 and w not in STOPWORDS])
+        entities = []
+        if not lower:  # an entity needs a capital to start (in lower case: only after one)
+            prev = False
+            for i, (raw, low) in enumerate(zip(words, low_words)):
+                prev = (prev and low not in STOPWORDS) if raw == low else _is_entity_word(raw, low, i, prev)
+                if prev:
+                    entities.append(low)
         return QueryInfo(  # positional: a NamedTuple's keyword call costs twice its positional one
-            " ".join(words),  # norm
-            len(words),  # norm_words
+            " ".join(low_words),  # norm
+            len(low_words),  # norm_words
             True,  # plain
-            key_terms,  # entities
-            False,  # named
+            _unique(entities) if entities else key_terms,  # entities
+            bool(entities),  # named
             key_terms,  # key_terms
-            words,  # qmd_terms
+            low_words,  # qmd_terms
             False,  # nonlatin
-            query,  # low
-            words,  # words
-            frozenset(words),  # word_set
+            qlow,  # low
+            low_words,  # words
+            frozenset(low_words),  # word_set
             key_terms,  # topic
             bool(key_terms),  # key_qmd
         )
@@ -286,26 +301,27 @@ def analyze_query(query: str) -> QueryInfo:
             elif low.isalnum():
                 topic.append(low)
             else:  # split at punctuation: ctx.done -> ctx, done
-                topic.extend([x for x in _PARTS_RE.findall(low) if len(x) >= 2] or [low])
+                parts = ascii_alnum_runs(low) if low.isascii() else _PARTS_RE.findall(low)
+                topic.extend([x for x in parts if len(x) >= 2] or [low])
         prev = is_ent
         i += 1
     if query.isascii():  # most queries: no per-character scan needed
         nonlatin = False
     else:
-        n_nonlatin = sum(1 for c in _NONLATIN_RE.findall(query) if c.isalpha())
-        n_letters = sum(1 for c in query if c.isalpha())
+        n_nonlatin = sum(map(str.isalpha, _NONLATIN_RE.findall(query)))  # map: the per-character loop in C
+        n_letters = sum(map(str.isalpha, query))
         nonlatin = n_nonlatin >= 2 or (n_letters > 0 and n_nonlatin * 2 > n_letters)
-    key_terms = tuple(dict.fromkeys(key_terms))
+    key_terms = _unique(key_terms)
     qlow = query.lower()
     qwords = qlow.split()
-    norm = " ".join(qwords).strip(_STRIP + " ")  # _norm(query)
+    norm = " ".join(qwords).strip(_STRIP_SP)  # _norm(query)
     # prompt.qmd_query_terms(query), without lowering and splitting the query again when nothing is blanked
     qmd_terms = tuple(qwords) if qlow.isascii() and "".join(qwords).isalnum() else qmd_query_terms(query)
     return QueryInfo(  # positional: a NamedTuple's keyword call costs twice its positional one
         norm,  # norm
         len(norm.split()),  # norm_words
         query.isascii() or not _CJK_RE.search(query),  # plain
-        tuple(dict.fromkeys(entities)) if entities else key_terms,  # entities
+        _unique(entities) if entities else key_terms,  # entities
         bool(entities),  # named
         key_terms,  # key_terms
         qmd_terms,  # qmd_terms
@@ -313,13 +329,13 @@ def analyze_query(query: str) -> QueryInfo:
         qlow,  # low
         tuple(low_words),  # words
         frozenset(low_words),  # word_set
-        tuple(dict.fromkeys(topic)),  # topic
+        _unique(topic),  # topic
         key_qmd and bool(key_terms),  # key_qmd
     )
 
 
 def _norm(text: str) -> str:
-    return " ".join(text.lower().split()).strip(_STRIP + " ")
+    return " ".join(text.lower().split()).strip(_STRIP_SP)
 
 
 def _has_term(low: str, terms) -> bool:
@@ -341,7 +357,19 @@ def _word_count(text: str) -> float:
 
 def is_generic_lex(low: str) -> bool:
     """A lex line that is a filler phrase with (almost) nothing specific left: "find information about"."""
-    if not _GENERIC_RE.search(low):  # one C-level scan rules out most lines
+    # Each phrase holds one of these pieces (tests: every phrase alone is generic), so a line holding none
+    # holds no phrase: eight `in` tests rule out most lines at half the cost of one regex alternation,
+    # which tries every phrase at each position that starts one.
+    if not (
+        "about" in low
+        or "informat" in low
+        or "search f" in low
+        or "look u" in low
+        or "what i" in low
+        or "how t" in low
+        or "guide t" in low
+        or "help w" in low
+    ):
         return False
     for phrase in GENERIC_LEX_PHRASES:
         if phrase in low:
@@ -473,7 +501,7 @@ def _stem(w: str) -> str:
 # Scoring
 
 
-@dataclass
+@dataclass(slots=True)  # slots: cheaper to build and read (one is built per scored sample)
 class Score:
     """Detailed breakdown of one expansion's score."""
 
@@ -610,27 +638,38 @@ def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str, long=Non
     not the query's, not in any other line of the output, and in no training example together with a
     query word or with a specific word (one in at most SPECIFIC_DF examples) of the output, nor with
     each other. `extra`: the line's words minus the query's and stop words. Exclusions (-word) are meant
-    to be unrelated and are left alone. `long`: a _LongOutput for a long output (`full_low` unused)."""
+    to be unrelated and are left alone. `long`: a _LongOutput for a long output (`full_low` unused).
+
+    A line is only judged when two words of `extra`, as written, have their first four letters once in
+    the output (the gate). The gate and the candidates share their counts (for a plain word they are
+    the same count), and the loop stops as soon as fewer than two of either can be reached."""
     qlow = q.low
-    cands = []
-    for w in sorted(extra, key=low.find):  # line order: a set's order changes with the hash seed
+    gate, cands, left = 0, [], len(extra)  # cands: (word, as written)
+    for raw in extra:
+        if gate + left < 2 or len(cands) + left < 2:
+            return []
+        left -= 1
+        single = long.once(raw[:4]) if long is not None else full_low.count(raw[:4]) == 1
+        gate += single
+        w = raw
         if not w.isalpha():
             if w[0] == "-" or not (w := w.strip(_STRIP)).isalpha():
                 continue  # an exclusion; numbers and code are not words
-        w4 = w[:4]
-        if len(w) >= 3 and (long.once(w4) if long is not None else full_low.count(w4) == 1) and w4 not in qlow:
-            cands.append(w)  # not the query's, and no other line has it (nor this one twice)
-    if len(cands) < 2:
+            if w[:4] != raw[:4]:
+                single = long.once(w[:4]) if long is not None else full_low.count(w[:4]) == 1
+        if single and len(w) >= 3 and w[:4] not in qlow:
+            cands.append((w, raw))  # not the query's, and no other line has it (nor this one twice)
+    if gate < 2 or len(cands) < 2:
         return []
     qmask = _query_mask(qlow)
     if not qmask:  # the query's words are unknown to the lexicon: no judgement possible
         return []
     lex = _lexicon()
     # seen in the data, never with a query word
-    bad = [(w, m) for w in cands if (m := lex.get(w[:5], 0)) and not m & qmask]
+    bad = [(w, raw, m) for w, raw in cands if (m := lex.get(w[:5], 0)) and not m & qmask]
     if len(bad) < 2:
         return []
-    own = {w[:5] for w in cands}
+    own = {w[:5] for w, _ in cands}
     if long is not None:
         specific = long.specific(own)
     else:
@@ -638,8 +677,12 @@ def _unrelated_words(q: QueryInfo, low: str, extra: set, full_low: str, long=Non
         for k in _keys(full_low) - own:
             if (m := lex.get(k, 0)) and m.bit_count() <= SPECIFIC_DF:
                 specific |= m
-    bad = [(w, m) for w, m in bad if not m & specific]
-    return [w for w, m in bad if not any(m & o for v, o in bad if v != w)]
+    bad = [(w, raw, m) for w, raw, m in bad if not m & specific]
+    # in line order (a set's order changes with the hash seed); two candidates never share a position,
+    # as one would then hold the other's first letters and they would not occur once
+    return [
+        w for _, w in sorted((low.find(raw), w) for w, raw, m in bad if not any(m & o for v, _, o in bad if v != w))
+    ]
 
 
 LONG_OUTPUT = 24  # from this many lines on, an output's substring questions go through _LongOutput
@@ -909,13 +952,9 @@ def _near_duplicates_fast(sets, min_diff: int) -> int:
 
 
 def _score(query: str, output, truncated: bool = False) -> Score:
-    s = Score(query=query)
-    ded = s.deductions
     if truncated:
-        s.lines = parse_output(output).lines
-        s.hard_failure = "cut at the token cap: generation reached max_tokens without the end token"
-        s.issues = ["truncated"]
-        return s
+        hard = "cut at the token cap: generation reached max_tokens without the end token"
+        return Score(query, lines=parse_output(output).lines, hard_failure=hard, issues=["truncated"])
     # The usual output (no template token, no <think>, valid lines) is parsed here, with each line's
     # lower case and words, in one loop; anything else goes through prompt.parse_output, the reference.
     plines, lows, words, empty, has_think = [], [], [], [], False
@@ -940,23 +979,18 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         plines = None
     if plines is None:
         p = parse_output(output)
-        s.lines = p.lines
         if p.leaked:
-            s.hard_failure = f"chat-template token leaked: {p.leaked[0]}"
-            s.issues = ["leaked token"]
-            return s
+            hard = f"chat-template token leaked: {p.leaked[0]}"
+            return Score(query, lines=p.lines, hard_failure=hard, issues=["leaked token"])
         if p.invalid:
-            s.hard_failure = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
-            s.issues = ["invalid line"]
-            return s
+            hard = f"line without lex:/vec:/hyde: prefix: {p.invalid[0][:80]!r}"
+            return Score(query, lines=p.lines, hard_failure=hard, issues=["invalid line"])
         plines, empty, has_think = p.lines, p.empty, p.think
         lows = [t.lower() for _, t in plines]
         words = [x.split() for x in lows]
-    s.lines = plines
     if not plines and not empty:
-        s.hard_failure = "empty output"
-        s.issues = ["empty output"]
-        return s
+        return Score(query, lines=plines, hard_failure="empty output", issues=["empty output"])
+    ded = []  # deductions: [(dimension, points lost, reason)]
 
     q = analyze_query(query)
     key_terms, plain = q.key_terms, q.plain
@@ -965,14 +999,19 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     # A line that only repeats the query adds nothing: it is penalised once (diversity) and then left
     # out of every other check, so echoing the query cannot earn entity or quality points. Only a line
     # with as many words as the query, or more with a punctuation-only word at an end, can be one.
-    norm, qn, strip_sp = q.norm, q.norm_words, _STRIP + " "
+    # (A punctuation-only word starts with punctuation: that one-character test spares most lines a strip.)
+    norm, qn = q.norm, q.norm_words
     echo = [False] * n
     for i, w in enumerate(words):
         lw = len(w)
         if plines[i][0] != "hyde" and (
-            lw == qn or (lw > qn and (not w[0].strip(strip_sp) or not w[-1].strip(strip_sp)))
+            lw == qn
+            or (
+                lw > qn
+                and ((w[0][0] in _STRIP and not w[0].strip(_STRIP)) or (w[-1][0] in _STRIP and not w[-1].strip(_STRIP)))
+            )
         ):
-            echo[i] = " ".join(w).strip(strip_sp) == norm
+            echo[i] = " ".join(w).strip(_STRIP_SP) == norm
     if not key_terms:
         has_key = [True] * n
     elif plain:
@@ -1001,6 +1040,8 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     for i in dropped:  # the lines checked below skip these
         if (hit := _placeholder(q, plines[i][1], lows[i], words[i])) is not None:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
+    # a template slot needs a bracket: one look at the whole output spares three per line (most have none)
+    brackets = not isinstance(output, str) or "{" in output or "[" in output or "<" in output
     wsets = [None] * n  # token sets of the lex/vec lines, for the near-duplicate check
     lex_idx = []  # lex lines to check for unrelated words
     for i in range(n):
@@ -1009,7 +1050,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             continue
         w, low = words[i], lows[i]
         ws = wsets[i] = set(w)
-        if (not _PLACE_WORDS.isdisjoint(ws) or "{" in low or "[" in low or "<" in low) and (
+        if (not _PLACE_WORDS.isdisjoint(ws) or (brackets and ("{" in low or "[" in low or "<" in low))) and (
             hit := _placeholder(q, plines[i][1], low, w)
         ) is not None:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
@@ -1033,28 +1074,15 @@ def _score(query: str, output, truncated: bool = False) -> Score:
                 if why := _invented_number(q, low, w, full_low, long, i):
                     found.append(("invented number", why))
             lex_idx.append(i)
-    # Unrelated lex words: only a lex line with 2+ words that no other line has (a set difference and
-    # one count per word first; _unrelated_words then checks them properly and asks the lexicon).
+    # Unrelated lex words: only a lex line with 2+ words that are neither the query's nor stop words
+    # (a set difference first; _unrelated_words then counts them in the output and asks the lexicon).
     for i in lex_idx:
         extra = wsets[i] - q.word_set - STOPWORDS
         if len(extra) < 2:
             continue
-        once = 0  # words whose first four letters occur once in the output: two are enough to go on
-        if long is not None:
-            for w in extra:
-                if long.once(w[:4]):
-                    once += 1
-                    if once == 2:
-                        break
-        else:
+        if long is None:
             full_low = full_low or "\n".join(lows)
-            count = full_low.count
-            for w in extra:
-                if count(w[:4]) == 1:
-                    once += 1
-                    if once == 2:
-                        break
-        if once >= 2 and len(bad := _unrelated_words(q, lows[i], extra, full_low, long)) >= 2:
+        if len(bad := _unrelated_words(q, lows[i], extra, full_low, long)) >= 2:
             found.append(
                 ("unrelated lex words", f"{' '.join(bad)!r} beside the query's words in {plines[i][1][:60]!r}")
             )
@@ -1079,7 +1107,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             n_echo += 1
         elif k == "lex":
             L.append(i)
-            if _GENERIC_RE.search(lows[i]) and is_generic_lex(lows[i]):  # one C-level scan rules out most
+            if is_generic_lex(lows[i]):
                 generic.append(i)
             key_any = key_any or has_key[i]
             lex_keys = lex_keys and has_key[i]
@@ -1151,7 +1179,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         counts = {}  # word -> count, counted in C (Counter's own __init__ costs more than the counting)
         _count_elements(counts, map(str.strip, words[i], repeat(_STRIP)))
         low = lows[i]
-        if (not _PLACE_WORDS.isdisjoint(counts) or "{" in low or "[" in low or "<" in low) and (
+        if (not _PLACE_WORDS.isdisjoint(counts) or (brackets and ("{" in low or "[" in low or "<" in low))) and (
             hit := _placeholder(q, plines[i][1], low, words[i])
         ) is not None:
             found.append(("placeholder", f"template text {hit[:40]!r}"))
@@ -1259,15 +1287,15 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         ded.append(("think", 20, "output contains a <think> block"))
 
     # -- QMD survival (-20..0)
-    s.qmd_total = len(L) + len(V)
+    qmd_total = len(L) + len(V)
     qterms = q.qmd_terms
     if not qterms:
-        s.qmd_kept = s.qmd_total
+        qmd_kept = qmd_total
     elif q.key_qmd:  # a line with a key term holds a QMD term: only the others need the scan
-        s.qmd_kept = sum(1 for i in L + V if has_key[i] or any(map(lows[i].__contains__, qterms)))
+        qmd_kept = sum(1 for i in L + V if has_key[i] or any(map(lows[i].__contains__, qterms)))
     else:
-        s.qmd_kept = sum(1 for i in L + V if any(map(lows[i].__contains__, qterms)))
-    n_drop = s.qmd_total - s.qmd_kept
+        qmd_kept = sum(1 for i in L + V if any(map(lows[i].__contains__, qterms)))
+    n_drop = qmd_total - qmd_kept
     surv = -min(20, 5 * n_drop)
     if n_drop:
         ded.append(("survival", -surv, f"QMD would drop {n_drop} line(s) sharing no query term"))
@@ -1287,16 +1315,17 @@ def _score(query: str, output, truncated: bool = False) -> Score:
 
     # -- breakage (-90..0): the first case of a kind -30, each further case -10
     brk = 0
+    issues = []
     if found:
         per_kind = Counter(k for k, _ in found)
-        s.issues = list(per_kind)
+        issues = list(per_kind)
         seen = set()
         for kind, detail in found:
             ded.append(("breakage", BREAKAGE_MORE if kind in seen else BREAKAGE_POINTS, f"{kind}: {detail}"))
             seen.add(kind)
         brk = -min(BREAKAGE_CAP, sum(BREAKAGE_POINTS + BREAKAGE_MORE * (n - 1) for n in per_kind.values()))
 
-    s.dimensions = {
+    dims = {
         "format": fmt,
         "diversity": div,
         "quality": qual,
@@ -1306,12 +1335,21 @@ def _score(query: str, output, truncated: bool = False) -> Score:
         "language": lang,
         "breakage": brk,
     }
-    s.max = 120.0
     if hyd is not None:
-        s.dimensions["hyde"] = hyd
-        s.max = 140.0
-    s.total = float(sum(s.dimensions.values()))
-    return s
+        dims["hyde"] = hyd
+    # every field at once: the dataclass's default factories would only build what is replaced here
+    return Score(
+        query,
+        dims,
+        ded,
+        float(sum(dims.values())),  # total
+        120.0 if hyd is None else 140.0,  # max
+        None,  # hard_failure
+        plines,  # lines
+        qmd_kept,
+        qmd_total,
+        issues,
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -212,3 +212,8 @@ def test_huge_and_non_string_inputs():
     assert 0.0 <= score("auth config", huge).reward <= 1.0
     assert score("auth config", None).reward == 0.0
     assert 0.0 <= score(None, "lex: a\nvec: b").reward <= 1.0
+
+
+def test_every_generic_phrase_passes_the_gate():
+    # is_generic_lex rules lines out by a few pieces of the phrases: each phrase must hold one
+    assert all(reward.is_generic_lex(p) for p in reward.GENERIC_LEX_PHRASES)
