@@ -43,8 +43,9 @@ of them leaves Excellent. Score.issues lists the kinds found; eval.py counts the
                           lines: a repeated word adds nothing and pushes the line's meaning to one word.
     near-duplicate lines  two lex (vec) lines whose word sets differ by under 2 (3) words, or by one
                           word and its plural (`jwt token expiry` / `... expiry time` / `... times`);
-                          numbers the query lacks do not count as a difference (`HIPAA 101` / `HIPAA
-                          401`). QMD runs every line: a near copy spends a search on the same documents.
+                          between lex lines, numbers the query lacks do not count as a difference
+                          (`HIPAA 101` / `HIPAA 401`). QMD runs every line: a near copy spends a search
+                          on the same documents.
     query plus filler     a lex/vec line that is the query plus only filler words (guide, tips,
                           tutorial, explained, information, ...). BM25 then also demands "tips".
     token chain           a hyphen/underscore/dot chain that repeats a part (commit-local-origin-origin,
@@ -829,16 +830,23 @@ def _hyde_breakage(q: QueryInfo, h: str, words: list, counts: dict, top: int, fo
             found.append(("shuffled-query hyde", "hyde adds nothing to the query's own words"))
 
 
-def _dup_set(q: QueryInfo, low: str, ws: set, plain: bool) -> set:
-    """The tokens of a line for the near-duplicate check: its words, or for CJK text its characters, less
-    the numbers, versions and codes that the query lacks. An added number does not make a different
-    search (QMD finds the same documents, or none when BM25 requires the number), and without this GRPO
-    learned to dodge the check by numbering copies of a line (`HIPAA 101` / `HIPAA 401`)."""
-    toks = set(_TOKEN_RE.findall(low)) if not plain and _CJK_RE.search(low) else ws
-    if not _DIGIT_RE.search(low):
+def _dup_set(low: str, ws: set, plain: bool) -> set:
+    """The tokens of a line for the near-duplicate check: its words, or for CJK text its characters."""
+    return set(_TOKEN_RE.findall(low)) if not plain and _CJK_RE.search(low) else ws
+
+
+def _less_new_numbers(q: QueryInfo, toks: set) -> set:
+    """Tokens less the numbers, versions and codes that the query lacks, which the near-duplicate check
+    leaves out of lex lines. An added number does not make a different search (QMD finds the same
+    documents, or none when BM25 requires the number), and without this GRPO learned to dodge the check
+    by numbering copies of a line (`HIPAA 101` / `HIPAA 401`). Lex lines only, as the invented-number
+    rule: BM25 is where a number narrows the search (and it keeps the check cheap). Applied to a pair's
+    symmetric difference, the same as applying it to both lines first: (A - N) ^ (B - N) == (A ^ B) - N."""
+    if not _DIGIT_RE.search(" ".join(toks)):  # one scan: most differences hold no digit
         return toks
     qlow = q.low
-    return {t for t in toks if not _NUMBER_RE.fullmatch(u := t.strip(_STRIP)) or u in qlow}
+    new = {t for t in toks if not t.isalpha() and _NUMBER_RE.fullmatch(u := t.strip(_STRIP)) and u not in qlow}
+    return toks - new if new else toks
 
 
 def _plural_pair(diff: set) -> bool:
@@ -846,7 +854,7 @@ def _plural_pair(diff: set) -> bool:
     return _stem(a) == _stem(b)
 
 
-def _near_duplicates(sets, min_diff: int) -> int:
+def _near_duplicates(sets, min_diff: int, q: QueryInfo | None = None) -> int:
     """Pairs of token sets that differ by fewer than `min_diff` tokens (or are equal), or by one word and
     its plural ("expiry time" / "expiry times"). Every pair: the reference, and the faster choice for a
     few lines (an output has at most 3 of each type unless it is broken)."""
@@ -854,6 +862,8 @@ def _near_duplicates(sets, min_diff: int) -> int:
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
             diff = sets[i] ^ sets[j]
+            if q is not None and len(diff) >= min_diff:  # numbers the query lacks make no difference
+                diff = _less_new_numbers(q, diff)
             if len(diff) < min_diff:
                 dups += 1
             elif len(diff) == 2:
@@ -1043,6 +1053,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     # a template slot needs a bracket: one look at the whole output spares three per line (most have none)
     brackets = not isinstance(output, str) or "{" in output or "[" in output or "<" in output
     wsets = [None] * n  # token sets of the lex/vec lines, for the near-duplicate check
+    numbered = set()  # lex lines that hold a digit (the near-duplicate check's number rule)
     lex_idx = []  # lex lines to check for unrelated words
     for i in range(n):
         k = plines[i][0]
@@ -1069,6 +1080,7 @@ def _score(query: str, output, truncated: bool = False) -> Score:
             found.append(("token chain", why))
         if k == "lex":
             if _DIGIT_RE.search(low):
+                numbered.add(i)
                 if long is None:
                     full_low = full_low or "\n".join(lows)
                 if why := _invented_number(q, low, w, full_low, long, i):
@@ -1152,14 +1164,21 @@ def _score(query: str, output, truncated: bool = False) -> Score:
     for name, idx, min_diff in (("lex", L, 2), ("vec", V, 3)):
         if len(idx) == 2:  # the usual case: one pair
             i, j = idx
-            a, b = wsets[i], wsets[j]
-            if not plain or _DIGIT_RE.search(lows[i]) or _DIGIT_RE.search(lows[j]):
-                a, b = _dup_set(q, lows[i], a, plain), _dup_set(q, lows[j], b, plain)
-            diff = a ^ b
+            diff = (
+                wsets[i] ^ wsets[j]
+                if plain
+                else _dup_set(lows[i], wsets[i], plain) ^ _dup_set(lows[j], wsets[j], plain)
+            )
+            if numbered and len(diff) >= min_diff and (i in numbered or j in numbered):
+                diff = _less_new_numbers(q, diff)
             dups = 1 if len(diff) < min_diff or (len(diff) == 2 and _plural_pair(diff)) else 0
         elif len(idx) > 2:
-            count = _near_duplicates if len(idx) <= PAIRWISE_MAX else _near_duplicates_fast
-            dups = count([_dup_set(q, lows[i], wsets[i], plain) for i in idx], min_diff)
+            sets = [_dup_set(lows[i], wsets[i], plain) for i in idx]
+            numq = q if numbered and not numbered.isdisjoint(idx) else None  # a line here holds a digit
+            if len(idx) <= PAIRWISE_MAX:
+                dups = _near_duplicates(sets, min_diff, numq)
+            else:  # the near-linear count compares whole sets: the numbers go first
+                dups = _near_duplicates_fast([_less_new_numbers(q, x) for x in sets] if numq else sets, min_diff)
         else:
             dups = 0
         div += max(0, 5 - 2 * dups)
