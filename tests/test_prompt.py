@@ -3,6 +3,8 @@
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prompt
 from prompt import encode_example, parse_output, prompt_ids, qmd_keeps, qmd_query_terms, render_prompt
@@ -163,3 +165,11 @@ def test_the_output_contract_table_generates_the_grammar_and_is_read_by_data_and
     no_hyde = tuple(dataclasses.replace(t, max_lines=0) if t.name == "hyde" else t for t in prompt.OUTPUT_CONTRACT)
     monkeypatch.setattr(data, "OUTPUT_CONTRACT", no_hyde)
     assert "1 hyde line(s); want 0-0" in data.check_example(ex, min_score=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_fast_path_of_qmd_terms_equals_the_regex(text):
+    # qmd_query_terms blanks ASCII text with bytes.translate (speed); QMD's rule is the regex
+    assert prompt.ascii_alnum_runs(text.lower()) == re.findall("[a-z0-9]+", text.lower())
+    assert qmd_query_terms(text) == tuple(re.sub(r"[^a-z0-9\s]", " ", text.lower()).split())
