@@ -17,6 +17,10 @@ How it trains (all of it mlx-lm's own machinery, customised by passing functions
   * Under `mlx.launch -n N` (ring, JACCL, MPI) each rank takes every N-th row of each batch; the
     loss is normalised by the whole batch's token count, so mlx-lm's gradient average is exactly the
     single-process gradient of the same batch (see distributed.py for the collective decisions).
+  * `unlikelihood: W` (> 0) adds W times a token-level unlikelihood term to the cross-entropy: at each
+    target, -log(1 - p) of every word the line already holds and of the earlier same-kind lines'
+    words the query lacks (RepeatAvoider). It teaches a small model not to repeat itself when
+    sampled, which cross-entropy never does; the validation loss stays the plain cross-entropy.
   * float32 on CPU (BLAS), the model's dtype on GPU.
 Safety: a checkpoint (adapter + optimizer state + position) every `save_every` iterations, written
 atomically; Ctrl-C finishes the current optimizer step, saves and exits with status 130; a NaN/inf loss stops the
@@ -29,6 +33,7 @@ import runtime
 
 runtime.ensure_fast_blas()  # before MLX is imported: re-executes with OpenBLAS on Linux
 
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import shlex  # noqa: E402
@@ -71,6 +76,8 @@ SFT_DEFAULTS = {
     "lora_keys": ALL_PROJECTIONS,
     "max_seq_length": 512,
     "grad_checkpoint": False,
+    # weight of the token-level unlikelihood term (0: plain cross-entropy); see RepeatAvoider
+    "unlikelihood": 0.0,
     "seed": 0,
     "steps_per_report": 10,
     "steps_per_eval": 200,
@@ -100,6 +107,7 @@ SFT_SCHEMA = {
     "lora_keys": K(list),
     "max_seq_length": K(int, 16),
     "grad_checkpoint": K(bool),
+    "unlikelihood": K(float, 0, 100),
     "seed": K(int, 0),
     "steps_per_report": K(int, 1),
     "steps_per_eval": K(int, 1),
@@ -135,7 +143,77 @@ def tokenize(examples, tokenizer, max_seq_length):
     return items, too_long
 
 
-def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=None, accumulation: int = 1):
+class RepeatAvoider:
+    """The tokens each completion token should *not* have been: the candidates of a token-level
+    unlikelihood term (Welleck et al. 2019, "Neural text generation with unlikelihood training").
+
+    Why: a small model sampled as QMD samples (temperature 0.7, no presence penalty in effect) repeats
+    itself - `lex: Stripe Radar rules rules`, `lex: Obsidian Canvas export export` twice, a hyde that
+    loops - and reward.py counts those as breakage. Cross-entropy alone never says "not that word
+    again"; the unlikelihood term -log(1 - p(c)) pushes down, at every target position, each candidate
+    c the gold token is not:
+      * the word tokens already written on the same line (repeated words, looping hyde);
+      * the word tokens of earlier lines of the same kind that the prompt (the query) does not contain
+        (a lex line that reuses the previous lex line's extra words), and the word that would go on
+        copying an earlier same-kind line: the one after each occurrence of the line's last token
+        there, or its first word at the start of a line (a line that repeats another, query words
+        and all: near-duplicate lines).
+    A word token is one whose text has a letter and is not one of reward.STOPWORDS; the gold token is
+    never its own candidate, so the data's own repetitions (the query's words on every line) are still
+    learned by the cross-entropy. The `kind:` prefix of a line adds no candidates.
+
+    __call__(ids, prompt_len) -> one list of candidate ids per target (ids[prompt_len:]), the most
+    recent `limit` of them."""
+
+    def __init__(self, tokenizer, limit: int = 64):
+        from reward import STOPWORDS
+
+        self.tokenizer, self.limit, self.stopwords = tokenizer, limit, STOPWORDS
+        self._text = {}  # token id -> (decoded text, word or None)
+
+    def text(self, t):
+        if t not in self._text:
+            raw = self.tokenizer.decode([t])
+            low = raw.strip().lower()
+            word = low if any(map(str.isalpha, low)) and low not in self.stopwords else None
+            self._text[t] = (raw, word)
+        return self._text[t]
+
+    def __call__(self, ids, prompt_len):
+        prompt_words = {self.text(t)[1] for t in ids[:prompt_len]}
+        earlier = {}  # line kind -> {token id: None} of its lines' words the prompt lacks (ordered)
+        bodies = {}  # line kind -> the token ids of each of its earlier lines, prefix and newline left out
+        line, body, head, kind, out = {}, [], "", None, []
+        for t in ids[prompt_len:]:
+            cands = {}
+            if kind is not None:
+                cands.update(earlier.get(kind, {}))
+                for prev in bodies.get(kind, []):  # the token that would continue a copy of `prev`
+                    nxt = [prev[0]] if not body else [b for a, b in zip(prev, prev[1:]) if a == body[-1]]
+                    cands.update((x, None) for x in nxt if self.text(x)[1] is not None)
+            cands.update(line)
+            cands.pop(t, None)
+            out.append(list(cands)[-self.limit :])
+            raw, word = self.text(t)
+            if "\n" in raw:  # the line ends: its words join its kind's
+                if kind is not None:
+                    seen = earlier.setdefault(kind, {})
+                    seen.update((w, None) for w in line if self.text(w)[1] not in prompt_words)
+                    bodies.setdefault(kind, []).append(body)
+                line, body, head, kind = {}, [], "", None
+            elif kind is None:  # still in the `kind:` prefix
+                head += raw
+                if ":" in head:
+                    kind = head.split(":", 1)[0].strip().lower()
+            else:
+                body.append(t)
+                if word is not None:
+                    line.pop(t, None)
+                    line[t] = None  # most recent last
+        return out
+
+
+def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=None, accumulation: int = 1, avoid=None):
     """An `iterate_batches` for mlx-lm's trainer: length buckets, deterministic shuffled order.
 
     Training batch number b (0-based, across epochs) is a pure function of (seed, b): epoch e shuffles
@@ -147,6 +225,8 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
     With a `comm_group` of N > 1 ranks (mlx-lm passes its world), rank r keeps rows r, r+N, ... of every
     batch (length-sorted, so the shares are balanced) and training batches carry a fifth element: the
     whole batch's target-token count / N, which completion_loss divides by instead of its own count.
+    With `avoid` (a RepeatAvoider: the unlikelihood term is on) training batches carry that divisor
+    on one rank too, then a sixth element: (B, K, C) candidate ids per target, -1 = none.
     """
     import mlx.core as mx
     import numpy as np
@@ -192,6 +272,16 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
             counters["tokens"] += sum(n + 1 for _, n in lengths)
             counters["padded"] += arr.size
         batch = (mx.array(arr), mx.array(lengths), mx.array(positions), max(shared, 0))
+        if norm and avoid is not None:
+            total = total / size if size > 1 else sum(n - p + 1 for p, n in lengths)
+            per_row = [avoid(list(ids[: n + 1]), p) for (ids, _), (p, n) in zip(rows, lengths)]
+            # candidates per target, padded to a multiple of PAD_MULTIPLE (few compiled shapes)
+            c = PAD_MULTIPLE * max(1, math.ceil(max(len(x) for r in per_row for x in r) / PAD_MULTIPLE))
+            cands = np.full((len(rows), k, c), -1, np.int32)
+            for j, r in enumerate(per_row):
+                for i, x in enumerate(r):
+                    cands[j, i, : len(x)] = x
+            return (*batch, mx.array(total, mx.float32), mx.array(cands))
         return (*batch, mx.array(total / size, mx.float32)) if size > 1 and norm else batch
 
     def iterate_batches(dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
@@ -220,7 +310,7 @@ def make_iterate_batches(seed: int, start_batch: int = 0, stop=None, counters=No
     return iterate_batches
 
 
-def completion_loss(model, batch, lengths, positions, shared: int = 0, norm=None):
+def completion_loss(model, batch, lengths, positions, shared: int = 0, norm=None, avoid=None, unlikelihood=0.0):
     """Mean cross-entropy over the completion tokens: mlx-lm's default_loss, computed cheaper.
 
     batch (B, T+1) token ids; positions (B, K) indices into the T inputs whose next token is a target
@@ -235,6 +325,9 @@ def completion_loss(model, batch, lengths, positions, shared: int = 0, norm=None
     `lengths` (B, 2) is unused here; it keeps the batch usable with mlx-lm's default_loss. `norm`
     (distributed training) replaces the divisor: the global batch's target count / number of ranks,
     so the ranks' gradient average equals the gradient of the whole batch's mean loss.
+    `avoid` (B, K, C) candidate ids per target (-1: none, RepeatAvoider) adds `unlikelihood` times
+    the mean over targets of sum_c -log(1 - p(c)); validation batches carry none, so the validation
+    loss stays the plain cross-entropy.
     """
     import mlx.core as mx
 
@@ -252,9 +345,15 @@ def completion_loss(model, batch, lengths, positions, shared: int = 0, norm=None
         hidden = mx.take_along_axis(model.model(inputs), index[..., None], axis=1)  # (B, K, hidden)
     logits = runtime.output_logits(model, hidden).astype(mx.float32)  # (B, K, V)
     picked = mx.take_along_axis(targets, index, axis=1)  # (B, K)
-    ce = mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, picked[..., None], axis=-1)[..., 0]
+    lse = mx.logsumexp(logits, axis=-1, keepdims=True)  # (B, K, 1)
+    ce = lse[..., 0] - mx.take_along_axis(logits, picked[..., None], axis=-1)[..., 0]
     ntoks = valid.sum()
-    return mx.where(valid, ce, 0).sum() / (ntoks if norm is None else norm), ntoks
+    total = mx.where(valid, ce, 0).sum()
+    if avoid is not None and unlikelihood > 0:
+        p = mx.exp(mx.take_along_axis(logits, mx.maximum(avoid, 0), axis=-1) - lse)  # (B, K, C)
+        ul = -mx.log1p(-mx.minimum(p, 1 - 1e-6))  # clipped: a candidate at p ~ 1 costs ~14, not inf
+        total = total + unlikelihood * mx.where((avoid >= 0) & valid[..., None], ul, 0).sum()
+    return total / (ntoks if norm is None else norm), ntoks
 
 
 # ----------------------------------------------------------------------------
@@ -442,6 +541,11 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
     echo(
         f"data {len(train_set)} train / {len(valid_set)} valid examples, {n_tok / len(train_set):.0f} tokens each on average"
     )
+    if cfg["unlikelihood"] > 0:
+        echo(
+            f"loss: cross-entropy + {cfg['unlikelihood']:g} x unlikelihood of repeated words (train loss); "
+            "validation loss is the cross-entropy alone"
+        )
     if world.size > 1:
         share = f"{cfg['batch_size'] // world.size} of every batch of {cfg['batch_size']}"
         effective = f"{cfg['batch_size'] * cfg['grad_accumulation_steps']} examples"
@@ -557,7 +661,11 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
         interrupted["flag"] = world.any_rank(interrupted["flag"])
         return interrupted["flag"]
 
-    iterate = make_iterate_batches(cfg["seed"], start, stop, counters, cfg["grad_accumulation_steps"])
+    avoid = RepeatAvoider(tokenizer) if cfg["unlikelihood"] > 0 else None
+    iterate = make_iterate_batches(cfg["seed"], start, stop, counters, cfg["grad_accumulation_steps"], avoid)
+    loss_fn = (
+        functools.partial(completion_loss, unlikelihood=cfg["unlikelihood"]) if avoid is not None else completion_loss
+    )
     make_console().quiet = True  # our progress line replaces mlx-lm's console UI
     model.train()
     with runtime.interruptible(echo, "optimizer step", interrupted):
@@ -570,7 +678,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
                 train_set,
                 None,  # validation is ours (absolute step numbers)
                 args,
-                loss=completion_loss,
+                loss=loss_fn,
                 iterate_batches=iterate,
                 training_callback=Callback(),
             )
@@ -649,6 +757,11 @@ def cli():
 @click.option("--dropout", type=float, help="LoRA dropout.")
 @click.option("--max-seq-length", type=int, help="Longest example in tokens; longer ones are skipped and reported.")
 @click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Recompute activations to save memory.")
+@click.option(
+    "--unlikelihood",
+    type=float,
+    help="Weight of the unlikelihood term against repeated words (0: plain cross-entropy).",
+)
 @click.option("--seed", type=int, help="Seed for the data split, batch order and LoRA init.")
 @click.option("--steps-per-report", type=int, help="Iterations between progress lines.")
 @click.option("--steps-per-eval", type=int, help="Iterations between validation losses.")

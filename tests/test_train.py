@@ -91,6 +91,63 @@ def test_completion_loss_equals_mlx_lm_default_loss(tiny_model):
             assert mx.allclose(a, b, atol=1e-5, rtol=1e-3), (s, name)
 
 
+def test_repeat_avoider_names_the_words_a_line_already_has(qwen_tokenizer):
+    """Candidates of the unlikelihood term: the line's own earlier words, the earlier same-kind lines'
+    words the query lacks and the word that would copy such a line on; never stop words, the gold
+    token or anything in the `kind:` prefix."""
+    tok = qwen_tokenizer
+    pairs = [("lex", "radar rules payment"), ("lex", "radar fraud payment"), ("vec", "the payment rules")]
+    ids, p = encode_example(tok, "radar rules", pairs)
+    cands = train.RepeatAvoider(tok)(ids, p)
+    assert len(cands) == len(ids) - p
+    words = lambda c: {tok.decode([t]).strip() for t in c}  # noqa: E731
+    # walk the completion's targets: (text so far, candidates of the next target)
+    seen, at = "", {}
+    for t, c in zip(ids[p:], cands):
+        at.setdefault(seen, (tok.decode([t]), words(c)))
+        seen += tok.decode([t])
+    assert at[""] == ("lex", set()) and at["lex"][1] == set()  # the prefix: nothing
+    assert at["lex: radar rules"][1] == {"radar", "rules"}  # ' payment' is new here
+    # line 2, after "radar" (gold: "fraud"): "payment" carried over (line 1's word the query lacks),
+    # "radar" (this line's own) and "rules", the word that would copy line 1 on
+    line2 = "lex: radar rules payment\nlex: radar"
+    assert at[line2] == (" fraud", {"payment", "radar", "rules"})
+    # after "radar fraud": no copy goes on from "fraud"; the query's "rules" is not carried over
+    assert at[line2 + " fraud"][1] == {"payment", "radar", "fraud"} - {at[line2 + " fraud"][0].strip()}
+    vec = "lex: radar rules payment\nlex: radar fraud payment\nvec: the"
+    assert at[vec][1] == set()  # other kinds' words do not count; 'the' is a stop word
+    assert at[vec + " payment"][1] == {"payment"} - {at[vec + " payment"][0].strip()}
+
+
+def test_unlikelihood_term_equals_its_definition_and_leaves_validation_alone(tiny_model, qwen_tokenizer):
+    """With RepeatAvoider, training batches carry candidates (B, K, C), C a multiple of 16; the loss adds
+    w * mean over targets of sum_c -log(1 - p(c)), checked against a plain numpy softmax of the full
+    forward pass; validation batches have none, so their loss is the cross-entropy."""
+    import mlx.core as mx
+    import numpy as np
+
+    model, tok = tiny_model
+    rows = [encode_example(tok, q, PAIRS + [("lex", f"{q} config config")]) for q in ["auth config", "tls ingress"]]
+    make = train.make_iterate_batches(seed=0, avoid=train.RepeatAvoider(tok))
+    batch, lengths, positions, shared, norm, avoid = next(make(rows, 2, 512, loop=True))
+    assert avoid.shape[:2] == positions.shape and avoid.shape[2] % 16 == 0 and int(norm) == int((positions >= 0).sum())
+    assert len(next(make(rows, 2, 512, loop=False))) == 4  # validation: plain batches
+    ce, n = train.completion_loss(model, batch, lengths, positions, shared, norm)
+    both, _ = train.completion_loss(model, batch, lengths, positions, shared, norm, avoid, unlikelihood=0.5)
+    logits = np.array(model(batch[:, :-1]).astype(mx.float32))  # (B, T, V)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    ul, counted = 0.0, 0
+    for b in range(2):
+        for k, pos in enumerate(positions[b].tolist()):
+            for c in avoid[b, k].tolist():
+                if pos >= 0 and c >= 0:
+                    ul -= np.log1p(-probs[b, pos, c])
+                    counted += 1
+    assert counted > 20  # the doubled 'config' and the lines' shared words give candidates
+    assert abs((float(both) - float(ce)) - 0.5 * ul / int(n)) < 1e-4 * max(1.0, ul / int(n))
+
+
 def test_positions_cover_every_target_at_padding_boundaries():
     """Completions of 15-17 and 31-33 targets straddle the multiple-of-16 padding of positions."""
     for targets in [1, 15, 16, 17, 31, 32, 33]:
@@ -159,6 +216,20 @@ def test_sft_trains_saves_and_resumes_exactly(tiny_model_path, tmp_path):
         json.loads(line)["step"] for line in (half / "metrics.jsonl").read_text().splitlines() if "train_loss" in line
     ]
     assert steps == [2, 4]
+
+
+@pytest.mark.slow
+def test_sft_with_unlikelihood_trains_and_records_it(tiny_model_path, tmp_path):
+    import yaml
+
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "ul"
+    result = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, out, "--iters", "2", "--unlikelihood", "2"))
+    assert result.exit_code == 0, result.output
+    assert "cross-entropy + 2 x unlikelihood" in result.output and "step     2/2 | loss" in result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["unlikelihood"] == 2.0
+    bad = CliRunner().invoke(train.cli, sft_args(tiny_model_path, data, tmp_path / "bad", "--unlikelihood", "-1"))
+    assert bad.exit_code != 0 and "unlikelihood" in bad.output
 
 
 @pytest.mark.slow
