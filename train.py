@@ -18,9 +18,10 @@ How it trains (all of it mlx-lm's own machinery, customised by passing functions
     loss is normalised by the whole batch's token count, so mlx-lm's gradient average is exactly the
     single-process gradient of the same batch (see distributed.py for the collective decisions).
   * `unlikelihood: W` (> 0) adds W times a token-level unlikelihood term to the cross-entropy: at each
-    target, -log(1 - p) of every word the line already holds and of the earlier same-kind lines'
-    words the query lacks (RepeatAvoider). It teaches a small model not to repeat itself when
-    sampled, which cross-entropy never does; the validation loss stays the plain cross-entropy.
+    target, -log(1 - p) of every word the line already holds, of the earlier same-kind lines' words
+    the query lacks and of the word that would go on copying such a line (RepeatAvoider). It teaches
+    a small model not to repeat itself when sampled, which cross-entropy never does; the validation
+    loss stays the plain cross-entropy.
   * float32 on CPU (BLAS), the model's dtype on GPU.
 Safety: a checkpoint (adapter + optimizer state + position) every `save_every` iterations, written
 atomically; Ctrl-C finishes the current optimizer step, saves and exits with status 130; a NaN/inf loss stops the
