@@ -585,7 +585,7 @@ def cli(
     sampling = {"temp": temp, "top_p": top_p, "top_k": top_k, "presence_penalty": presence_penalty}
     _note(f"loading {model_path}" + (f" + {adapter_path}" if adapter_path else "") + " ...")
     try:
-        model, tokenizer = runtime.load_model(model_path, adapter_path)
+        model, tokenizer = runtime.load_model(model_path, adapter_path, fuse=True)  # inference only
     except (runtime.ModelError, OSError, ValueError) as err:
         _fail(str(err))
     if interactive:

@@ -1197,7 +1197,7 @@ def _eval_only(cfg, adapter, queries, output, verbose):
         out = Path(cfg["adapter_path"])
         adapter = out / "best" if (out / "best" / "adapter_config.json").exists() else out
     model_name = cfg["model"] or runtime.adapter_base_model(adapter)
-    model, tokenizer = runtime.load_model(model_name, adapter)
+    model, tokenizer = runtime.load_model(model_name, adapter, fuse=True)  # inference only
     qs = data_mod.read_queries(queries or data_mod.EVAL_QUERIES)
     settings = eval_settings(cfg)
     progress = ev._progress(len(qs) * settings.get("samples", 1), str(adapter), EVAL_BATCH, cfg["eval_max_tokens"])

@@ -705,12 +705,15 @@ def _download(repo_id: str) -> str:
         raise ModelError(hint.format(why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")) from exc
 
 
-def load_model(model: str, adapter_path=None):
+def load_model(model: str, adapter_path=None, fuse: bool = False):
     """Load (model, tokenizer) from anything resolve_model accepts, optionally with a LoRA adapter.
 
     An adapter trained on top of another one (grpo.py's, whose adapter_config.json names its
     `parent_adapter`) is loaded by fusing the parent into the base weights first, exactly as it was
     trained. On CPU the floating-point weights are cast to float32 so matmuls reach BLAS.
+    fuse=True folds the last adapter in too on the CPU, for inference only (eval): one matmul per
+    projection instead of the base's plus LoRA's two (~4% of a 64-row decode step of the demo model).
+    Not on GPUs, where the LoRA matmuls are cheap and a quantized base would have to be dequantized.
     """
     from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import load
@@ -725,7 +728,7 @@ def load_model(model: str, adapter_path=None):
         model_obj.set_dtype(mx.float32)
     for i, path in enumerate(chain):
         load_adapters(model_obj, str(path))
-        if i < len(chain) - 1:
+        if i < len(chain) - 1 or (fuse and on_cpu()):
             fuse_lora(model_obj)
     model_obj.eval()  # LoRA dropout off
     return model_obj, tokenizer

@@ -59,7 +59,7 @@ def main(adapter, max_tokens, batch_size, seed, quick):
         queries, max_tokens, quants = queries[:8], 64, ("q8_0",)
 
     # -- ours: MLX, batched
-    model, tok = common.runtime.load_model(common.DEMO_MODEL, adapter)
+    model, tok = common.runtime.load_model(common.DEMO_MODEL, adapter, fuse=True)  # as eval.py loads it
     mx.random.seed(seed)
     ev.generate_batch(model, tok, queries[:2], 8, batch_size, **QMD_SAMPLING)  # warm-up, excluded
     t = time.perf_counter()

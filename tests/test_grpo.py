@@ -293,8 +293,17 @@ def test_stacked_adapter_loads_through_runtime(sft_adapter):
     grpo.run_grpo(cfg, echo=lambda s: None, scorer=_scorer)
     chain = runtime.adapter_chain(sft_adapter / "stack")
     assert [p.name for p in chain] == ["sft", "stack"]
-    model, _ = runtime.load_model(cfg["model"], sft_adapter / "stack")
+    model, tok = runtime.load_model(cfg["model"], sft_adapter / "stack")
     assert any(hasattr(m, "lora_a") for _, m in model.named_modules())
+    # eval.py's loading: the last adapter folded in too, the same function with no LoRA layers left
+    fused, _ = runtime.load_model(cfg["model"], sft_adapter / "stack", fuse=True)
+    assert not any(hasattr(m, "lora_a") for _, m in fused.named_modules())
+    import mlx.core as mx
+
+    x = mx.array(tok.encode("auth config", add_special_tokens=False))[None]
+    want, got = model(x), fused(x)
+    moved = mx.abs(want - runtime.load_model(cfg["model"])[0](x)).max().item()  # what the adapters change
+    assert mx.abs(got - want).max().item() < min(1e-5, moved / 100)
 
 
 def _tree_hash(folder):
