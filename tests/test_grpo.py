@@ -298,8 +298,6 @@ def test_stacked_adapter_loads_through_runtime(sft_adapter):
     # eval.py's loading: the last adapter folded in too, the same function with no LoRA layers left
     fused, _ = runtime.load_model(cfg["model"], sft_adapter / "stack", fuse=True)
     assert not any(hasattr(m, "lora_a") for _, m in fused.named_modules())
-    import mlx.core as mx
-
     x = mx.array(tok.encode("auth config", add_special_tokens=False))[None]
     want, got = model(x), fused(x)
     moved = mx.abs(want - runtime.load_model(cfg["model"])[0](x)).max().item()  # what the adapters change
