@@ -325,7 +325,8 @@ def format_report(result: dict, verbose: bool = False, title: str = "") -> str:
         )
     if "environment" in result:
         env = result["environment"]
-        lines.append(f"ran on {env['device']}, {env['cpu']}, mlx {env['mlx']}, BLAS {env['blas']}")
+        jit = f", kernels {env['cpu_jit']}" if env.get("cpu_jit") else ""  # reports from before cpujit.py lack it
+        lines.append(f"ran on {env['device']}, {env['cpu']}, mlx {env['mlx']}, BLAS {env['blas']}{jit}")
     return "\n".join(lines)
 
 

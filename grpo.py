@@ -915,7 +915,7 @@ def _run_grpo(cfg, resume, overwrite, echo, scorer, replaced, world) -> dict:
     metrics.truncate_after(start)
     metrics.log({"event": "start", "from_step": start, "ranks": world.size, **runtime.environment()})
     echo(
-        f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | LoRA rank {cfg['rank']} on {params['keys']} | "
+        f"GRPO on {cfg['model']} + {cfg['sft_adapter']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | kernels {runtime.cpujit_in_use()} | LoRA rank {cfg['rank']} on {params['keys']} | "
         f"{len(train_q)} prompts, {len(heldout)} held-out | B={cfg['batch_size']} G={cfg['group_size']} beta={cfg['beta']}"
     )
     if world.size > 1:

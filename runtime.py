@@ -6,7 +6,8 @@ Fast BLAS. `mlx[cpu]` on Linux ships a reference BLAS (~7 GFLOP/s); MLX's float3
 preloaded before the process starts, so `ensure_fast_blas()` - called at the top of every entry
 point, before MLX is imported - re-executes the same command with LD_PRELOAD set, plus the
 OPENBLAS_CORETYPE that blas.py chose when OpenBLAS's own kernel is weaker than the CPU allows, and
-OPENBLAS_THREAD_TIMEOUT=10 (idle OpenBLAS threads sleep instead of spinning against MLX's threads).
+OPENBLAS_THREAD_TIMEOUT=10 (idle OpenBLAS threads sleep instead of spinning against MLX's threads),
+and on x86-64 the PATH and TMPDIR of cpujit.py (MLX's run-time kernels compiled for this CPU).
 `blas.py` decides, explains and reports (`blas_in_use()`, `environment()`); QMD_FAST_BLAS=0 opts
 out (the benchmarks use it to measure the bundled BLAS), QMD_BLAS=/path/lib.so picks another CBLAS.
 macOS uses Accelerate through Metal/MLX and nothing changes there.
@@ -69,6 +70,9 @@ def ensure_fast_blas() -> None:
         print(f"warning: BLAS: {reason}", file=sys.stderr)
     os.environ.update(env)
     os.environ["QMD_BLAS_REASON"] = reason
+    import cpujit
+
+    os.environ.update(cpujit.plan()[0])  # MLX's fused CPU kernels built for this CPU (see cpujit.py)
     if lib not in preloaded:
         os.environ["LD_PRELOAD"] = ":".join([lib, *preloaded])
     sys.stdout.flush()
@@ -84,6 +88,13 @@ def blas_in_use() -> str:
     return blas.summary()
 
 
+def cpujit_in_use() -> str:
+    """Which compiler builds MLX's fused CPU kernels in this process (cpujit.py)."""
+    import cpujit
+
+    return cpujit.summary()
+
+
 def environment() -> dict:
     """Where a run ran, for metrics.jsonl headers and eval reports: MLX version, device, CPU, BLAS."""
     import mlx.core as mx
@@ -95,6 +106,7 @@ def environment() -> dict:
         "device": device_name(),
         "cpu": blas.cpu_info().describe() if sys.platform.startswith("linux") else sys.platform,
         "blas": blas_in_use(),
+        "cpu_jit": cpujit_in_use(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -193,6 +205,7 @@ def doctor_report(quick: bool = False) -> dict:
         "device": device_name(),
         "platform": sys.platform,
         "blas": blas_in_use(),
+        "cpu_jit": cpujit_in_use(),
         "cpu": blas.cpu_info().describe(),
         "compute_dtype": str(compute_dtype()).replace("mlx.core.", ""),
         "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),

@@ -536,7 +536,7 @@ def _run_sft(cfg, resume, overwrite, echo, replaced, world) -> dict:
 
     n_tok = sum(len(ids) for ids, _ in train_set)
     echo(
-        f"model {cfg['model']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | "
+        f"model {cfg['model']} | {runtime.device_name()} | BLAS {runtime.blas_in_use()} | kernels {runtime.cpujit_in_use()} | "
         f"LoRA rank {cfg['rank']} on {num_layers} layers: {n_trainable / 1e6:.2f}M trainable parameters"
     )
     echo(
