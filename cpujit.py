@@ -48,14 +48,9 @@ def active() -> bool:
     return bool(d) and os.environ.get("TMPDIR") == d and Path(d, "bin", "g++").exists()
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+def _without_shim(path: str) -> str:
+    """PATH with plan()'s shim folders taken out."""
+    return os.pathsep.join(p for p in path.split(os.pathsep) if PREFIX not in p)
 
 
 def plan(environ=None) -> tuple[dict, str]:
@@ -69,13 +64,15 @@ def plan(environ=None) -> tuple[dict, str]:
         return {}, "MLX's own kernel compiler (QMD_NATIVE_JIT=0)"
     if environ.get(DIR_ENV) and environ.get("TMPDIR") == environ.get(DIR_ENV):
         return {}, "native kernel compiler (inherited)"
-    search = os.pathsep.join(p for p in environ.get("PATH", "").split(os.pathsep) if PREFIX not in p)
-    real = shutil.which("g++", path=search)
+    real = shutil.which("g++", path=_without_shim(environ.get("PATH", "")))
     if real is None:
         return {}, "MLX's own kernel compiler (no g++ on PATH: MLX cannot fuse kernels either)"
     real = os.path.realpath(real)
     base = environ.get("TMPDIR") or tempfile.gettempdir()
-    key = hashlib.sha256(f"{real}\n{FLAGS}\n{_cpu_flags()}".encode()).hexdigest()[:12]
+    import blas
+
+    cpu_flags = " ".join(sorted(blas.cpu_info().flags))
+    key = hashlib.sha256(f"{real}\n{FLAGS}\n{cpu_flags}".encode()).hexdigest()[:12]
     root = Path(base) / f"{PREFIX}{key}"
     shim = root / "bin" / "g++"
     text = (
@@ -107,7 +104,7 @@ def without(environ) -> dict:
     root = env.pop(DIR_ENV, None)
     if root and env.get("TMPDIR") == root:
         env["TMPDIR"] = str(Path(root).parent)  # plan() put the folder inside the usual temporary folder
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if PREFIX not in p)
+    env["PATH"] = _without_shim(env.get("PATH", ""))
     env["QMD_NATIVE_JIT"] = "0"
     return env
 

@@ -65,25 +65,6 @@ def generate(
         raise ValueError("need n >= 1 and max_tokens >= 1")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt")
-    with _fused_attention(model):
-        return _generate(
-            model,
-            prompts,
-            n,
-            max_tokens,
-            stop_ids,
-            temp,
-            top_p,
-            top_k,
-            presence_penalty,
-            presence_window,
-            penalty_exempt,
-        )
-
-
-def _generate(
-    model, prompts, n, max_tokens, stop_ids, temp, top_p, top_k, presence_penalty, presence_window, penalty_exempt
-):
     import mlx.core as mx
     import numpy as np
 
@@ -109,7 +90,8 @@ def _generate(
         return sample(mx.put_along_axis(logits, window, seen, axis=-1))
 
     def step(y, window, counted):
-        logits = model(y[:, None], cache=cache)[:, -1, :].astype(mx.float32)  # (rows, V)
+        with _fused_attention(model):  # the graph is built here; async_eval runs it later
+            logits = model(y[:, None], cache=cache)[:, -1, :].astype(mx.float32)  # (rows, V)
         # the vocabulary-wide work, split over the CPU cores (runtime.rowwise)
         if window is None:
             return runtime.rowwise(sample, logits)
@@ -187,7 +169,8 @@ def attention_step(queries, keys, values, scale, mask=None):
 
 @contextmanager
 def _fused_attention(model):
-    """While the block runs, the model's mlx-lm module computes one-query attention with attention_step.
+    """While the block builds a decoding step's graph, the model's mlx-lm module computes one-query
+    attention with attention_step.
 
     mlx-lm's llama/qwen3 modules look `scaled_dot_product_attention` up as a module global at call
     time; it is swapped for the block and put back after. Only on the CPU with cpujit active (with
