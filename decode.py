@@ -337,7 +337,7 @@ def _common_prefix_len(seqs):
 def _make_sampler(temp, top_p, top_k):
     """(rows, V) float32 logits -> (rows,) token ids.
 
-    With top-k the candidates are picked first (argpartition, no sort of the vocabulary) and top-p and
+    With top-k the candidates are picked first (_top_k_ids, no sort of the vocabulary) and top-p and
     the draw run on those k columns only - llama.cpp's order (top-k, then top-p over what is left).
     Sorting all 49k logits of 64 rows for top-p took 0.16 s a step, more than a third of the forward pass.
     """
@@ -361,11 +361,31 @@ def _candidates(logits, top_p, top_k):
 
     ids = None
     if top_k and 0 < top_k < logits.shape[-1]:
-        ids = mx.argpartition(-logits, kth=top_k - 1, axis=-1)[..., :top_k]  # (rows, k), unordered
+        ids = _top_k_ids(logits, top_k)  # (rows, k), unordered
         logits = mx.take_along_axis(logits, ids, axis=-1)
     if 0 < top_p < 1:
         logits = _top_p(logits, top_p)
     return ids, logits
+
+
+def _top_k_ids(logits, k, block=128):
+    """Ids of the k largest of each row of (rows, V) logits, unordered: one argpartition over the
+    vocabulary costs ~0.35 ms a row (64 rows of SmolLM2's 49k: 22 ms, a tenth of a decoding step).
+
+    Two stages instead: the vocabulary as V / block blocks, the k blocks with the largest maxima, then
+    the k largest of those k * block candidates (64 rows: 4 ms). Exact: a block holding one of the
+    k largest values has a maximum at least that large, and at most k - 1 other blocks can have a
+    larger one; under ties either stage may pick any of the equal values, as one argpartition may."""
+    import mlx.core as mx
+
+    rows, V = logits.shape
+    if V % block or V // block < 4 * k:  # a vocabulary not in whole blocks, or too few of them to gain
+        return mx.argpartition(-logits, kth=k - 1, axis=-1)[:, :k]
+    blocks = logits.reshape(rows, V // block, block)
+    best = mx.argpartition(-blocks.max(axis=-1), kth=k - 1, axis=-1)[:, :k]  # (rows, k) block numbers
+    cand = mx.take_along_axis(blocks, best[..., None], axis=1).reshape(rows, k * block)
+    pos = mx.argpartition(-cand, kth=k - 1, axis=-1)[:, :k]  # (rows, k) into cand
+    return mx.take_along_axis(best, pos // block, axis=-1) * block + pos % block
 
 
 def _top_p(logits, top_p):

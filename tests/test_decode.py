@@ -183,3 +183,20 @@ def test_top_k_then_top_p_candidates_match_a_direct_computation():
             keep = order[: np.searchsorted(np.cumsum(probs), top_p - 1e-6) + 1] if top_p < 1 else order
             got = set(ids[row][np.isfinite(cand[row])].tolist())
             assert got == set(keep.tolist())
+
+
+def test_two_stage_top_k_finds_the_k_largest_of_every_row():
+    # the block-maxima shortcut must pick exactly the k largest values (ties: any of the equal ones)
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for rows, V, k in [(5, 128 * 96, 20), (3, 128 * 80, 1), (4, 1000, 7)]:  # the last: no whole blocks
+        logits = (rng.normal(size=(rows, V)) * 3).astype(np.float32)
+        logits[0, :128] = 9.0  # one block of equal maxima, larger than everything else
+        logits[1, 5::128] = 8.0  # equal maxima spread over every block
+        ids = np.array(decode._top_k_ids(mx.array(logits), k))
+        assert ids.shape == (rows, k)
+        for row in range(rows):
+            got = np.sort(logits[row, ids[row]])
+            assert len(set(ids[row].tolist())) == k
+            assert np.array_equal(got, np.sort(logits[row])[-k:])

@@ -106,10 +106,9 @@ def test_demo_searches_the_shipped_notes_with_and_without_expansion(tiny_gguf, m
     for a query in the notes' own words, and `qmd query` runs with the model's expansion."""
     import demo
 
-    monkeypatch.setattr(demo, "GGUF", tiny_gguf)
     monkeypatch.setattr(demo, "SEARCHES", ["logrotate nginx"])
     timings = {}
-    demo.search_notes(timings)
+    demo.search_notes(tiny_gguf, timings)
     out = capsys.readouterr().out
     assert 'qmd query "logrotate nginx"' in out
     assert "without expansion (qmd search): logrotate-nginx.md" in out
