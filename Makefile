@@ -93,7 +93,7 @@ test-fast: setup-dev
 demo: setup qmd
 	$(BIN)/python demo.py
 
-# After `make demo`: rubric GRPO on its SFT adapter (~30 min on 2 CPU cores) -> adapters/demo-grpo, then the
+# After `make demo`: rubric GRPO on its SFT adapter (~20 min on 2 CPU cores) -> adapters/demo-grpo, then the
 # demo's eval, export and QMD stages on that adapter (demo.py --grpo; `make demo` is not re-run).
 demo-grpo: setup qmd
 	$(BIN)/python demo.py --skip-train --grpo
